@@ -1,0 +1,1 @@
+"""vSphere: pyVmomi, changed block tracking and the datastore HTTP transport."""

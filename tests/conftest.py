@@ -1,0 +1,5 @@
+"""Shared fixtures: simulators and repositories live in tests/fixtures/ and are registered here."""
+
+pytest_plugins = [
+    "tests.fixtures.vcsim",
+]
