@@ -1,0 +1,200 @@
+"""Backing up one VM: plan each disk, read and store its blocks, commit a recovery point.
+
+Per disk, blocks flow through ``ordered_map``: worker threads read a block, test it for
+zeros, hash it, and (if the repository lacks it) compress, encrypt and checksum it; the
+main thread hands new frames to the pack writer and places each id in the disk's tree.
+Blocks not read in an incremental keep the previous point's ids, so every point is a
+complete list of references (a synthetic full) however little was read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from vmkeep.hypervisors.base import BackupSession, DiskInfo
+from vmkeep.repository.format import FORMAT, BlobType
+from vmkeep.repository.points import DiskRecord, RecoveryPoint
+from vmkeep.repository.repo import Repository
+from vmkeep.repository.tree import Geometry, build_root, leaf_refs, make_node
+from vmkeep.repository.writer import BlobWriter
+
+from .exceptions import ShortRead
+from .pipeline import ordered_map
+from .plan import plan_disk
+from .progress import Progress
+from .sanity import check_unchanged_blocks
+from .zeros import is_zero
+
+ZERO = FORMAT.ZERO_ID
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackupOptions:
+    full_reason: str | None = None  # force a full read of every disk, for this reason
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    sanity_blocks: int | None = None  # blocks the CBT sanity check re-reads (None: automatic)
+
+
+@dataclass
+class _BlockResult:
+    index: int
+    blob_id: bytes
+    frame: bytes | None  # set when the repository lacked the block
+    length: int
+    zero: bool
+
+
+def backup_vm(
+    session: BackupSession,
+    repo: Repository,
+    options: BackupOptions | None = None,
+    progress: Progress | None = None,
+) -> RecoveryPoint:
+    """Back up the VM behind an open session into ``repo`` and return the committed point.
+
+    The caller holds a shared repository lock and closes the session. On any error nothing is
+    committed: packs already written are garbage for gc, and the repository stays consistent.
+    """
+    started = time.monotonic()
+    job = _BackupJob(session, repo, options or BackupOptions(), progress or Progress())
+    try:
+        records = [job.back_up_disk(disk) for disk in session.disks()]
+        job.writer.flush()  # packs durable, then index: only now may a point refer to them
+        point = RecoveryPoint(
+            vm=session.vm_name,
+            time=datetime.now(UTC),
+            disks=records,
+            block_size=repo.config.block_size,
+            source=session.source_info(),
+            hardware=session.hardware(),
+            parent=job.previous.id if job.previous is not None else None,
+            hostname=socket.gethostname(),
+            duration=time.monotonic() - started,
+        )
+        repo.save_point(point)
+        return point
+    finally:
+        job.writer.close()
+
+
+def previous_point(repo: Repository, session: BackupSession) -> RecoveryPoint | None:
+    """The newest point of the same VM from the same kind of source: the base of an incremental."""
+    source_type = session.source_info().get("type")
+    points = [p for p in repo.points(session.vm_name) if p.source.get("type") == source_type]
+    return points[-1] if points else None
+
+
+class _BackupJob:
+    def __init__(self, session: BackupSession, repo: Repository, options: BackupOptions, progress: Progress):
+        self.session = session
+        self.repo = repo
+        self.options = options
+        self.progress = progress
+        self.previous = previous_point(repo, session)
+        self.writer = repo.writer()
+
+    def back_up_disk(self, disk: DiskInfo) -> DiskRecord:
+        session, repo = self.session, self.repo
+        block_size = repo.config.block_size
+        plan = plan_disk(session, disk, self.previous, block_size, self.options.full_reason)
+        record = DiskRecord(key=disk.key, capacity=disk.capacity, tree="", change_token=disk.change_token)
+        record.identity = dict(disk.identity)
+
+        prev_leaves: list[bytes] | None = None
+        if plan.previous is not None:
+            prev_leaves = repo.leaf_ids(bytes.fromhex(plan.previous.tree), disk.capacity)
+            mismatch = check_unchanged_blocks(
+                session, repo, plan, prev_leaves, requested=self.options.sanity_blocks, record=record
+            )
+            if mismatch is not None:
+                self.progress.warn(f"{session.vm_name} disk {disk.key}: {mismatch}; reading the whole disk")
+                log.warning("%s disk %s: %s", session.vm_name, disk.key, mismatch)
+                plan = plan_disk(session, disk, self.previous, block_size, force_full=mismatch)
+                prev_leaves = None
+
+        record.mode, record.reason = plan.mode, plan.reason
+        total = sum(min(r.stop * block_size, disk.capacity) - r.start * block_size for r in plan.runs)
+        self.progress.disk_started(session.vm_name, disk.key, total, plan.mode, plan.reason)
+        tree = _TreeBuilder(repo, self.writer, repo.geometry(disk.capacity), prev_leaves)
+        workers = self.options.workers
+        for result in ordered_map(lambda i: self._process(disk, i), plan.blocks(), workers, 4 * workers):
+            record.read_bytes += result.length
+            record.changed_blocks += 1
+            if result.zero:
+                record.zero_bytes += result.length
+            elif result.frame is not None and self.writer.add(result.frame):
+                record.new_bytes += result.length
+                record.stored_bytes += len(result.frame)
+            tree.set(result.index, result.blob_id)
+            self.progress.advance(result.length)
+        record.tree = tree.finish().hex()
+        self.progress.disk_finished(disk.key)
+        return record
+
+    def _process(self, disk: DiskInfo, index: int) -> _BlockResult:
+        """Runs on a worker thread: read, test for zeros, hash, and encode if new."""
+        block_size = self.repo.config.block_size
+        offset = index * block_size
+        length = min(block_size, disk.capacity - offset)
+        data = self.session.read(disk, offset, length)
+        if len(data) != length:
+            raise ShortRead(
+                f"{self.session.vm_name} disk {disk.key}: read {len(data)} of {length} bytes at offset {offset}"
+            )
+        if is_zero(data):
+            return _BlockResult(index, ZERO, None, length, True)
+        codec = self.repo.codec
+        blob_id = codec.blob_id(data)
+        if self.writer.known(blob_id):
+            return _BlockResult(index, blob_id, None, length, False)
+        return _BlockResult(index, blob_id, codec.encode_frame(BlobType.DATA, blob_id, data), length, False)
+
+
+class _TreeBuilder:
+    """Builds a disk's tree leaf by leaf as block ids arrive in increasing order.
+
+    A block that is never set keeps the previous point's id (incremental) or is zero (a full
+    read skips only unallocated blocks). A leaf none of whose blocks were set is reused whole.
+    """
+
+    def __init__(
+        self, repo: Repository, writer: BlobWriter, geometry: Geometry, prev_leaves: list[bytes] | None
+    ) -> None:
+        self._repo = repo
+        self._writer = writer
+        self._geometry = geometry
+        self._prev = prev_leaves
+        self._leaves: list[bytes] = []
+        self._current: list[bytes] | None = None  # refs of the leaf being filled
+
+    def set(self, block: int, blob_id: bytes) -> None:
+        leaf = block // self._geometry.fanout
+        self._advance_to(leaf)
+        if self._current is None:
+            self._current = self._base_refs(leaf)
+        self._current[block - leaf * self._geometry.fanout] = blob_id
+
+    def finish(self) -> bytes:
+        self._advance_to(self._geometry.leaves)
+        return build_root(self._leaves, self._geometry, self._writer.add_tree)
+
+    def _advance_to(self, leaf: int) -> None:
+        """Close the leaf being filled and every untouched leaf before ``leaf``."""
+        while len(self._leaves) < leaf:
+            j = len(self._leaves)
+            if self._current is not None:
+                self._leaves.append(make_node(0, self._current, self._writer.add_tree))
+                self._current = None
+            else:
+                self._leaves.append(self._prev[j] if self._prev is not None else ZERO)
+
+    def _base_refs(self, leaf: int) -> list[bytes]:
+        if self._prev is None:
+            return [ZERO] * self._geometry.children(0, leaf)
+        return leaf_refs(self._prev[leaf], self._geometry, leaf, self._repo.read_blob)

@@ -1,0 +1,93 @@
+"""Deciding, per disk, between an incremental and a full read, and which blocks to read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from vmkeep.hypervisors.base import BackupSession, Changes, DiskInfo, Extent, FullRead, merge_extents
+from vmkeep.repository.points import MODE_FULL, MODE_INCREMENTAL, DiskRecord, RecoveryPoint
+
+
+@dataclass
+class DiskPlan:
+    disk: DiskInfo
+    mode: str  # MODE_FULL or MODE_INCREMENTAL
+    reason: str | None  # why a full read
+    runs: list[range]  # block numbers to read, as sorted disjoint runs
+    previous: DiskRecord | None  # the record the incremental builds on
+
+    @property
+    def block_count(self) -> int:
+        return sum(len(r) for r in self.runs)
+
+    def blocks(self) -> Iterator[int]:
+        for run in self.runs:
+            yield from run
+
+
+def plan_disk(
+    session: BackupSession,
+    disk: DiskInfo,
+    previous_point: RecoveryPoint | None,
+    block_size: int,
+    force_full: str | None = None,
+) -> DiskPlan:
+    """Incremental when the previous point's record of this disk can be trusted, else full."""
+    prev = previous_point.disk(disk.key) if previous_point is not None else None
+    reason: str | None
+    if force_full:
+        reason = force_full
+    elif previous_point is None:
+        reason = "no earlier recovery point of this VM"
+    elif prev is None:
+        reason = "the disk is new since the previous recovery point"
+    elif prev.capacity != disk.capacity:
+        reason = f"the disk was resized from {prev.capacity} to {disk.capacity} bytes"
+    elif prev.identity != disk.identity:
+        changed = sorted(
+            k for k in set(prev.identity) | set(disk.identity) if prev.identity.get(k) != disk.identity.get(k)
+        )
+        reason = f"the disk was replaced or moved ({', '.join(changed)} changed)"
+    else:
+        answer = session.changes_since(disk, prev.change_token)
+        if isinstance(answer, Changes):
+            runs = extents_to_runs(merge_extents(answer.extents), block_size)
+            return DiskPlan(disk, MODE_INCREMENTAL, None, runs, prev)
+        assert isinstance(answer, FullRead)
+        reason = answer.reason
+    allocated = session.allocated(disk)
+    nblocks = -(-disk.capacity // block_size)
+    if allocated is not None:
+        runs = extents_to_runs(merge_extents(allocated), block_size)
+    else:
+        runs = [range(nblocks)] if nblocks else []
+    return DiskPlan(disk, MODE_FULL, reason, runs, None)
+
+
+def extents_to_runs(extents: list[Extent], block_size: int) -> list[range]:
+    """The blocks of the repository's grid that the (sorted, merged) extents touch."""
+    runs: list[range] = []
+    for ext in extents:
+        if ext.length <= 0:
+            continue
+        first, last = ext.offset // block_size, (ext.end - 1) // block_size + 1
+        if runs and first <= runs[-1].stop:
+            first = runs[-1].start
+            last = max(last, runs[-1].stop)
+            runs.pop()
+        runs.append(range(first, last))
+    return runs
+
+
+def complement(runs: list[range], nblocks: int) -> list[range]:
+    """Blocks of ``range(nblocks)`` not in ``runs``."""
+    out: list[range] = []
+    pos = 0
+    for run in runs:
+        if run.start > pos:
+            out.append(range(pos, run.start))
+        pos = max(pos, run.stop)
+    if pos < nblocks:
+        out.append(range(pos, nblocks))
+    return out

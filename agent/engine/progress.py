@@ -1,0 +1,19 @@
+"""How the engine reports progress. The CLI renders it; library callers may ignore it."""
+
+from __future__ import annotations
+
+
+class Progress:
+    """Receives progress events. The base class ignores them all."""
+
+    def disk_started(self, vm: str, key: str, total_bytes: int, mode: str, reason: str | None) -> None:
+        """A disk's read begins: ``total_bytes`` will be read (``mode`` full or incremental)."""
+
+    def advance(self, nbytes: int) -> None:
+        """``nbytes`` more were read (backup) or written (restore)."""
+
+    def disk_finished(self, key: str) -> None:
+        """The disk is done."""
+
+    def warn(self, message: str) -> None:
+        """Something the administrator must see, such as a failed CBT sanity check."""

@@ -1,0 +1,11 @@
+"""Errors of the agent itself (configuration, command-line use)."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """A problem with how vmkeep was asked to run; the message is fit for a one-line error."""
+
+
+class ConfigError(AgentError):
+    """A bad option value, configuration file or environment setting."""

@@ -1,0 +1,215 @@
+"""Where repository files live. A backend stores named, immutable files; nothing more.
+
+As in Benji, a backend implements only ``_write``, ``_read``, ``_list`` and ``_delete``.
+Compression, encryption, checksums and ids live once in codec.py; the public methods
+here add name checks and turn OS errors into repository errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .exceptions import CorruptRepository, RepositoryError, RepositoryFull
+
+_NAME = re.compile(r"^[a-z]+(/[0-9a-z][0-9a-z._-]*)*$|^[a-z]+$")
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    name: str  # relative, "/"-separated, e.g. "data/3f/3f9a..."
+    size: int
+    mtime: float
+
+
+class Backend(ABC):
+    """Named immutable files. ``write`` is atomic and durable when it returns."""
+
+    def write(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
+        self._check(name)
+        try:
+            self._write(name, chunks)
+        except OSError as exc:
+            raise _translate(exc, f"writing {name}") from exc
+
+    def read(self, name: str, offset: int = 0, length: int = -1) -> bytes:
+        self._check(name)
+        try:
+            data = self._read(name, offset, length)
+        except FileNotFoundError:
+            raise CorruptRepository(f"{name} is missing") from None
+        except OSError as exc:
+            raise _translate(exc, f"reading {name}") from exc
+        if length >= 0 and len(data) != length:
+            raise CorruptRepository(f"{name} is truncated: wanted {length} bytes at {offset}, got {len(data)}")
+        return data
+
+    def list(self, directory: str) -> list[FileInfo]:
+        self._check(directory)
+        try:
+            return sorted(self._list(directory), key=lambda f: f.name)
+        except OSError as exc:
+            raise _translate(exc, f"listing {directory}") from exc
+
+    def delete(self, name: str) -> None:
+        self._check(name)
+        try:
+            self._delete(name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _translate(exc, f"deleting {name}") from exc
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release cached handles."""
+
+    @staticmethod
+    def _check(name: str) -> None:
+        if not _NAME.match(name) or ".." in name:
+            raise ValueError(f"invalid repository file name {name!r}")
+
+    @abstractmethod
+    def _write(self, name: str, chunks: Iterable[bytes | memoryview]) -> None: ...
+
+    @abstractmethod
+    @abstractmethod
+    def _read(self, name: str, offset: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    def _list(self, directory: str) -> Iterator[FileInfo]: ...
+
+    @abstractmethod
+    def _delete(self, name: str) -> None: ...
+
+
+class LocalBackend(Backend):
+    """A directory on a local (or mounted) file system.
+
+    Writes go to ``tmp/`` first, are fsync'ed, renamed into place, and the directory entry
+    is fsync'ed: after ``write`` returns the file survives a crash or power loss, and a crash
+    before that leaves at most a stray file in ``tmp/``, which nothing refers to.
+    """
+
+    _MAX_OPEN = 64
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fds: OrderedDict[str, list[int]] = OrderedDict()  # name -> [fd, users]
+        self._lock = threading.Lock()
+
+    def _path(self, name: str) -> Path:
+        return self.root.joinpath(*name.split("/"))
+
+    def _write(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
+        final = self._path(name)
+        tmpdir = self.root / "tmp"
+        tmp = tmpdir / f"{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not final.parent.is_dir():
+                final.parent.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(final.parent.parent)
+            os.rename(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(final.parent)
+
+    def _read(self, name: str, offset: int, length: int) -> bytes:
+        fd = self._acquire(name)
+        try:
+            if length < 0:
+                length = os.fstat(fd).st_size - offset
+            return os.pread(fd, length, offset)
+        finally:
+            self._release(name, fd)
+
+    # Open file descriptors are cached for pack reads. An entry is closed only when no reader
+    # holds it, so a descriptor can never be closed (and its number reused) under a pread.
+    def _acquire(self, name: str) -> int:
+        with self._lock:
+            entry = self._fds.get(name)
+            if entry is None:
+                entry = self._fds[name] = [os.open(self._path(name), os.O_RDONLY), 0]
+            self._fds.move_to_end(name)
+            entry[1] += 1
+            self._evict()
+            return entry[0]
+
+    def _release(self, name: str, fd: int) -> None:
+        with self._lock:
+            entry = self._fds.get(name)
+            if entry is not None and entry[0] == fd:
+                entry[1] -= 1
+                self._evict()
+            else:  # forgotten (deleted) while in use: we hold the last reference
+                os.close(fd)
+
+    def _evict(self) -> None:
+        for key in list(self._fds):
+            if len(self._fds) <= self._MAX_OPEN:
+                break
+            fd, users = self._fds[key]
+            if users == 0:
+                del self._fds[key]
+                os.close(fd)
+
+    def _list(self, directory: str) -> Iterator[FileInfo]:
+        base = self._path(directory)
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for fname in files:
+                st = os.stat(os.path.join(dirpath, fname))
+                yield FileInfo(f"{rel}/{fname}", st.st_size, st.st_mtime)
+
+    def _delete(self, name: str) -> None:
+        self._forget_fd(name)
+        path = self._path(name)
+        path.unlink()
+        _fsync_dir(path.parent)
+
+    def _forget_fd(self, name: str) -> None:
+        with self._lock:
+            entry = self._fds.pop(name, None)
+            if entry is not None and entry[1] == 0:
+                os.close(entry[0])
+
+    def close(self) -> None:
+        with self._lock:
+            for fd, users in self._fds.values():
+                if users == 0:
+                    os.close(fd)
+            self._fds.clear()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _translate(exc: OSError, what: str) -> RepositoryError:
+    if exc.errno in _SPACE_ERRNOS:
+        return RepositoryFull(f"no space left on the repository's file system while {what}")
+    return RepositoryError(f"{what}: {exc.strerror or exc}")

@@ -1,0 +1,73 @@
+"""Pack files: many frames back to back behind an 8-byte magic, named by their content."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import blake3
+
+from .exceptions import CorruptRepository
+from .format import FORMAT, FRAME_HEADER_SIZE, FrameHeader
+from .index import IndexEntry
+
+PACK_DIR = "data"
+
+
+def pack_path(name: str) -> str:
+    """Repository file name of a pack: ``data/<first two hex digits>/<name>``."""
+    return f"{PACK_DIR}/{name[:2]}/{name}"
+
+
+def pack_name_of(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def pack_name(chunks: list[bytes]) -> str:
+    """A pack is named by the unkeyed BLAKE3-256 of its whole content."""
+    hasher = blake3.blake3(max_threads=1)
+    for chunk in chunks:
+        hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+@dataclass
+class PackBuilder:
+    """Frames of one pack being assembled in memory (at most ``target_size`` plus one frame)."""
+
+    target_size: int
+    chunks: list[bytes] = field(default_factory=lambda: [FORMAT.PACK_MAGIC])
+    entries: list[IndexEntry] = field(default_factory=list)
+    size: int = len(FORMAT.PACK_MAGIC)
+
+    def add(self, header: FrameHeader, frame: bytes) -> None:
+        if self.size + len(frame) > FORMAT.MAX_PACK_SIZE:
+            raise ValueError("pack would exceed 4 GiB")
+        self.entries.append(
+            IndexEntry(header.blob_id, header.blob_type, self.size, len(frame), header.raw_len, header.checksum)
+        )
+        self.chunks.append(frame)
+        self.size += len(frame)
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.target_size
+
+    @property
+    def empty(self) -> bool:
+        return not self.entries
+
+
+def iter_frames(data: bytes, where: str) -> Iterator[tuple[int, FrameHeader, memoryview]]:
+    """Walk a whole pack's frames in order: (offset, header, frame bytes)."""
+    if data[: len(FORMAT.PACK_MAGIC)] != FORMAT.PACK_MAGIC:
+        raise CorruptRepository(f"{where}: not a pack file")
+    view = memoryview(data)
+    pos = len(FORMAT.PACK_MAGIC)
+    while pos < len(data):
+        header = FrameHeader.unpack(bytes(view[pos : pos + FRAME_HEADER_SIZE]), f"{where}@{pos}")
+        end = pos + FRAME_HEADER_SIZE + header.stored_len
+        if end > len(data):
+            raise CorruptRepository(f"{where}@{pos}: frame runs past the end of the pack (truncated)")
+        yield pos, header, view[pos:end]
+        pos = end

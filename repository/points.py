@@ -1,0 +1,123 @@
+"""Recovery points: what was backed up, when, from where, and the root of each disk's tree."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .exceptions import CorruptRepository
+
+POINT_DIR = "points"
+
+MODE_FULL = "full"
+MODE_INCREMENTAL = "incremental"
+
+
+@dataclass
+class DiskRecord:
+    """One disk of a recovery point, with the statistics of the backup that made it."""
+
+    key: str  # the disk's key in its VM (vSphere device key, Hyper-V controller location, "disk0")
+    capacity: int  # bytes
+    tree: str  # hex id of the root of the block-reference tree
+    mode: str = MODE_FULL  # how this disk was read: "full" or "incremental"
+    reason: str | None = None  # why a full read was done, when it was
+    change_token: str | None = None  # vSphere changeId / Hyper-V RCT id at the snapshot
+    identity: dict[str, Any] = field(default_factory=dict)  # uuid, path...: a change forces a full read
+    read_bytes: int = 0  # bytes read from the source
+    new_bytes: int = 0  # raw bytes of blocks that were new to the repository
+    stored_bytes: int = 0  # bytes those new blocks take on disk (compressed, with frame headers)
+    zero_bytes: int = 0  # bytes read that were all zeros (not stored)
+    changed_blocks: int = 0  # blocks read because they changed (or all blocks, on a full read)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> DiskRecord:
+        return cls(**obj)
+
+
+@dataclass
+class RecoveryPoint:
+    vm: str
+    time: datetime
+    disks: list[DiskRecord]
+    block_size: int
+    source: dict[str, Any] = field(default_factory=dict)  # {"type": "image" | "vsphere" ..., ...}
+    hardware: dict[str, Any] = field(default_factory=dict)  # what restore-to-host needs
+    parent: str | None = None  # point the incremental read was based on (informational only)
+    hostname: str = ""
+    duration: float = 0.0
+    id: str = ""  # the point file's name; not part of its content
+
+    @property
+    def kind(self) -> str:
+        """``incremental`` when every disk was read incrementally, else ``full``."""
+        if self.disks and all(d.mode == MODE_INCREMENTAL for d in self.disks):
+            return MODE_INCREMENTAL
+        return MODE_FULL
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    def disk(self, key: str) -> DiskRecord | None:
+        return next((d for d in self.disks if d.key == key), None)
+
+    def to_payload(self) -> bytes:
+        doc = {
+            "version": 1,
+            "vm": self.vm,
+            "time": format_time(self.time),
+            "block_size": self.block_size,
+            "source": self.source,
+            "hardware": self.hardware,
+            "parent": self.parent,
+            "hostname": self.hostname,
+            "duration": round(self.duration, 3),
+            "disks": [d.to_json() for d in self.disks],
+        }
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @classmethod
+    def from_payload(cls, payload: bytes, point_id: str) -> RecoveryPoint:
+        try:
+            doc = json.loads(payload)
+            return cls(
+                id=point_id,
+                vm=doc["vm"],
+                time=parse_time(doc["time"]),
+                block_size=int(doc["block_size"]),
+                source=doc.get("source", {}),
+                hardware=doc.get("hardware", {}),
+                parent=doc.get("parent"),
+                hostname=doc.get("hostname", ""),
+                duration=float(doc.get("duration", 0.0)),
+                disks=[DiskRecord.from_json(d) for d in doc["disks"]],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptRepository(f"point {point_id[:12]}: malformed ({exc})") from None
+
+    def summary_json(self) -> dict[str, Any]:
+        """What ``vmkeep points --json`` prints for this point."""
+        return {
+            "id": self.id,
+            "vm": self.vm,
+            "time": format_time(self.time),
+            "kind": self.kind,
+            "parent": self.parent,
+            "source": self.source,
+            "duration": round(self.duration, 3),
+            "disks": [d.to_json() for d in self.disks],
+        }
+
+
+def format_time(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

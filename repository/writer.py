@@ -1,0 +1,160 @@
+"""Writing new blobs: frames into packs, packs made durable, then an index naming them.
+
+The write order is the repository's crash-safety argument (docs/FORMAT.md, "Write order"):
+a pack is complete and fsync'ed before any index names it, and an index is durable before
+a recovery point refers to its blobs. A crash leaves, at worst, packs no index names and
+index entries no point uses; both are garbage that gc removes and verify tolerates.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+from .backend import Backend
+from .codec import Codec
+from .format import FRAME_HEADER_SIZE, BlobType, FrameHeader, SealedKind
+from .index import BlobLocation, BlockIndex, IndexEntry, encode_index
+from .packs import PackBuilder, pack_name, pack_path
+
+INDEX_DIR = "index"
+INDEX_EVERY = 50_000  # entries per index file (about 3 MB before compression)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WriteStats:
+    blobs: int = 0
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    packs: int = 0
+
+
+_FLUSH_INDEX = object()
+
+
+class BlobWriter:
+    """New blobs of one job. ``add`` is called from one thread; packs are written by another."""
+
+    def __init__(self, backend: Backend, codec: Codec, index: BlockIndex, pack_size: int) -> None:
+        self._backend = backend
+        self._codec = codec
+        self._index = index
+        self._pack_size = pack_size
+        self._builders = {t: PackBuilder(pack_size) for t in BlobType}
+        self._pending: set[bytes] = set()
+        self._unindexed: dict[str, list[IndexEntry]] = {}
+        self._unindexed_count = 0
+        self._queue: queue.Queue[PackBuilder | object | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self.stats = WriteStats()
+        self._thread = threading.Thread(target=self._run, name="vmkeep-pack-writer", daemon=True)
+        self._thread.start()
+
+    # -- producer side ----------------------------------------------------------------------
+
+    def known(self, blob_id: bytes) -> bool:
+        """True if the repository already has this blob, or this job already added it."""
+        return blob_id in self._pending or blob_id in self._index
+
+    def add(self, frame: bytes) -> bool:
+        """Queue one encoded frame; False (and nothing written) if its blob is already known."""
+        self._raise_error()
+        header = FrameHeader.unpack(frame[:FRAME_HEADER_SIZE], "new frame")
+        if self.known(header.blob_id):
+            return False
+        self._pending.add(header.blob_id)
+        builder = self._builders[header.blob_type]
+        builder.add(header, frame)
+        self.stats.blobs += 1
+        self.stats.raw_bytes += header.raw_len
+        self.stats.stored_bytes += len(frame)
+        if builder.full:
+            self._builders[header.blob_type] = PackBuilder(self._pack_size)
+            self._put(builder)
+        return True
+
+    def add_tree(self, raw: bytes) -> bytes:
+        """Store a tree node (if new) and return its id."""
+        blob_id = self._codec.blob_id(raw)
+        if not self.known(blob_id):
+            self.add(self._codec.encode_frame(BlobType.TREE, blob_id, raw))
+        return blob_id
+
+    def flush(self) -> None:
+        """Make everything added so far durable and indexed. Call before committing a point."""
+        for blob_type, builder in self._builders.items():
+            if not builder.empty:
+                self._builders[blob_type] = PackBuilder(self._pack_size)
+                self._put(builder)
+        self._put(_FLUSH_INDEX)
+        self._queue.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Stop the pack writer. Blobs added since the last flush are dropped."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _put(self, item: PackBuilder | object) -> None:
+        self._raise_error()
+        self._queue.put(item)
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- pack writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is not None:
+                    continue  # drain, so the producer never blocks on a dead writer
+                if item is _FLUSH_INDEX:
+                    self._write_index()
+                elif isinstance(item, PackBuilder):
+                    self._write_pack(item)
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _write_pack(self, builder: PackBuilder) -> None:
+        name = pack_name(builder.chunks)
+        self._backend.write(pack_path(name), builder.chunks)
+        self.stats.packs += 1
+        self._unindexed[name] = builder.entries
+        self._unindexed_count += len(builder.entries)
+        for entry in builder.entries:
+            self._index.add(BlobLocation(name, entry))
+        if self._unindexed_count >= INDEX_EVERY:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        if not self._unindexed:
+            return
+        write_index_file(self._backend, self._codec, self._unindexed)
+        self._unindexed = {}
+        self._unindexed_count = 0
+
+
+def write_index_file(backend: Backend, codec: Codec, packs: dict[str, list[IndexEntry]]) -> str:
+    """Write one index file naming ``packs`` (which must already be durable); return its name."""
+    sealed = codec.seal(SealedKind.INDEX, encode_index(packs))
+    name = f"{INDEX_DIR}/{content_name(sealed)}"
+    backend.write(name, [sealed])
+    return name
+
+
+def content_name(data: bytes) -> str:
+    """Index and point files are named by the unkeyed BLAKE3-256 of their content."""
+    return pack_name([data])
