@@ -87,15 +87,7 @@ def _collect(repo: Repository, dry_run: bool) -> GcReport:
             "gc refuses to run on a damaged repository: run 'vmkeep verify'"
         )
 
-    target = repo.config.pack_size
-    repack = sorted(
-        pack
-        for pack, entries in kept.items()
-        if sum(e.length for e in entries) < (1 - REPACK_GARBAGE_FRACTION) * on_disk[pack]
-    )
-    small = sorted(p for p in kept if on_disk[p] < SMALL_PACK_FRACTION * target and p not in repack)
-    if len(small) + len(repack) >= 2:
-        repack.extend(small)
+    repack = _packs_to_repack(kept, on_disk, repo.config.pack_size)
     delete = sorted(set(on_disk) - set(kept))
     report.packs_deleted, report.packs_repacked = len(delete), len(repack)
     rewrite_index = bool(delete or repack or len(old_index_files) > 1 or index_has_garbage(index, kept))
@@ -116,7 +108,9 @@ def _collect(repo: Repository, dry_run: bool) -> GcReport:
         for name in old_index_files:
             if name not in new_index_files:
                 repo.backend.delete(name)
-    for pack in sorted(set(delete) | set(repack)):
+    # Packs are named by content, so a repack can reproduce an existing pack under its own name:
+    # never delete a name that is (again) in the new index.
+    for pack in sorted((set(delete) | set(repack)) - set(final)):
         repo.backend.delete(pack_path(pack))
     for f in repo.backend.list("tmp"):
         repo.backend.delete(f.name)
@@ -127,6 +121,22 @@ def _collect(repo: Repository, dry_run: bool) -> GcReport:
     report.index_files_after = len(new_index_files)
     repo.reload_index()
     return report
+
+
+def _packs_to_repack(kept: dict[str, list[IndexEntry]], on_disk: dict[str, int], target: int) -> list[str]:
+    """Packs that are mostly garbage, and small packs when there are several of one blob type."""
+    chosen = {
+        p for p, entries in kept.items() if sum(e.length for e in entries) < (1 - REPACK_GARBAGE_FRACTION) * on_disk[p]
+    }
+    for blob_type in BlobType:
+        small = {
+            p
+            for p, entries in kept.items()
+            if entries[0].blob_type == blob_type and on_disk[p] < SMALL_PACK_FRACTION * target
+        }
+        if len(small | {p for p in chosen if kept[p][0].blob_type == blob_type}) >= 2:
+            chosen |= small
+    return sorted(chosen)
 
 
 def index_has_garbage(index: BlockIndex, kept: dict[str, list[IndexEntry]]) -> bool:

@@ -1,5 +1,6 @@
 """Shared fixtures: simulators and repositories live in tests/fixtures/ and are registered here."""
 
 pytest_plugins = [
+    "tests.fixtures.repos",
     "tests.fixtures.vcsim",
 ]

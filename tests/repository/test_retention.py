@@ -1,0 +1,69 @@
+"""Retention follows restic's --keep-* rules, per VM."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from vmkeep.repository.points import RecoveryPoint
+from vmkeep.repository.retention import RetentionPolicy, apply_policy
+
+
+def _points(vm: str, start: datetime, count: int, step: timedelta) -> list[RecoveryPoint]:
+    return [
+        RecoveryPoint(vm=vm, time=start + i * step, disks=[], block_size=1, id=f"{vm}-{i:04d}") for i in range(count)
+    ]
+
+
+def _kept(decisions: list, vm: str | None = None) -> list[str]:  # type: ignore[type-arg]
+    return sorted(d.point.id for d in decisions if d.keep and (vm is None or d.point.vm == vm))
+
+
+START = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
+
+
+def test_keep_last() -> None:
+    points = _points("a", START, 10, timedelta(hours=1))
+    assert _kept(apply_policy(points, RetentionPolicy(last=3), UTC)) == ["a-0007", "a-0008", "a-0009"]
+
+
+def test_keep_daily_keeps_the_newest_of_each_day() -> None:
+    points = _points("a", START, 24 * 5, timedelta(hours=1))  # five days, hourly
+    kept = _kept(apply_policy(points, RetentionPolicy(daily=3), UTC))
+    assert kept == ["a-0071", "a-0095", "a-0119"]  # 23:30 of days 3, 4 and 5
+
+
+def test_weekly_monthly_yearly_over_three_years() -> None:
+    points = _points("a", START, 3 * 365, timedelta(days=1))  # daily, 2026-01-01 .. 2028-12-30
+    decisions = apply_policy(points, RetentionPolicy(weekly=2, monthly=3, yearly=5), UTC)
+    kept = {d.point.time.date().isoformat(): d.reasons for d in decisions if d.keep}
+    assert kept == {
+        "2028-12-30": ["weekly 1", "monthly 1", "yearly 1"],
+        "2028-12-24": ["weekly 2"],  # the Sunday ending the previous ISO week
+        "2028-11-30": ["monthly 2"],
+        "2028-10-31": ["monthly 3"],
+        "2027-12-31": ["yearly 2"],
+        "2026-12-31": ["yearly 3"],  # only three years have points
+    }
+
+
+def test_policy_is_applied_per_vm_and_reasons_are_given() -> None:
+    points = _points("a", START, 5, timedelta(days=1)) + _points("b", START, 5, timedelta(days=1))
+    decisions = apply_policy(points, RetentionPolicy(last=1, daily=2), UTC)
+    assert _kept(decisions, "a") == ["a-0003", "a-0004"]
+    assert _kept(decisions, "b") == ["b-0003", "b-0004"]
+    newest = next(d for d in decisions if d.point.id == "a-0004")
+    assert newest.reasons == ["last 1", "daily 1"]
+
+
+def test_empty_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="forget every point"):
+        apply_policy(_points("a", START, 2, timedelta(days=1)), RetentionPolicy(), UTC)
+
+
+def test_a_thousand_points_are_judged_quickly_and_correctly() -> None:
+    points = _points("a", START, 1000, timedelta(hours=6))
+    decisions = apply_policy(points, RetentionPolicy(last=7, daily=30, weekly=8, monthly=12, yearly=3), UTC)
+    assert len(decisions) == 1000
+    kept = _kept(decisions)
+    assert "a-0999" in kept and len(kept) < 60
