@@ -14,6 +14,7 @@ from vmkeep.repository.exceptions import RepositoryError
 
 from .commands import backup, repository, restore
 from .commands.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from .engine import cancel
 from .engine.exceptions import EngineError, Interrupted
 from .exceptions import AgentError, ConfigError
 
@@ -40,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(message)s", stream=sys.stderr)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    cancel.reset()
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         code: int = args.func(args)
         return code
@@ -59,11 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)")
         return EXIT_FAILURE
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(f"received signal {signum}")
+def _request_stop(signum: int, frame: FrameType | None) -> None:
+    cancel.request(f"received {signal.Signals(signum).name}")
 
 
 def _error(message: str) -> None:

@@ -63,7 +63,7 @@ def options_from(args: argparse.Namespace) -> BackupOptions:
 
 def run_backup(repo: Repository, session: BackupSession, args: argparse.Namespace) -> RecoveryPoint:
     with repo.lock("backup"):
-        return backup_vm(session, repo, options_from(args), TerminalProgress(quiet=args.quiet or args.json))
+        return backup_vm(session, repo, options_from(args), TerminalProgress(quiet=args.quiet))
 
 
 def cmd_backup_image(args: argparse.Namespace) -> int:

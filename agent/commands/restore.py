@@ -35,7 +35,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise ConfigError("say where to restore: --to-dir DIR")
     with open_repository(args) as repo, repo.lock("restore"):
         point = repo.find_point(args.point)
-        progress = TerminalProgress(quiet=args.quiet or args.json)
+        progress = TerminalProgress(quiet=args.quiet)
         disks = restore_point_to_dir(repo, point, args.to_dir, max(1, args.workers), progress)
     if args.json:
         print_json({"point": point.id, "vm": point.vm, "disks": [vars(d) for d in disks]})

@@ -23,6 +23,7 @@ from vmkeep.repository.repo import Repository
 from vmkeep.repository.tree import Geometry, build_root, leaf_refs, make_node
 from vmkeep.repository.writer import BlobWriter
 
+from . import cancel
 from .exceptions import ShortRead
 from .pipeline import ordered_map
 from .plan import plan_disk
@@ -66,6 +67,7 @@ def backup_vm(
     try:
         records = [job.back_up_disk(disk) for disk in session.disks()]
         job.writer.flush()  # packs durable, then index: only now may a point refer to them
+        cancel.check()  # the last moment to stop: next, the point is committed
         point = RecoveryPoint(
             vm=session.vm_name,
             time=datetime.now(UTC),
@@ -124,6 +126,7 @@ class _BackupJob:
         tree = _TreeBuilder(repo, self.writer, repo.geometry(disk.capacity), prev_leaves)
         workers = self.options.workers
         for result in ordered_map(lambda i: self._process(disk, i), plan.blocks(), workers, 4 * workers):
+            cancel.check()
             record.read_bytes += result.length
             record.changed_blocks += 1
             if result.zero:

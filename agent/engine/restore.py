@@ -18,6 +18,7 @@ from vmkeep.repository.points import DiskRecord, RecoveryPoint
 from vmkeep.repository.repo import Repository
 from vmkeep.repository.tree import leaf_refs
 
+from . import cancel
 from .exceptions import RestoreTargetError
 from .pipeline import ordered_map
 from .progress import Progress
@@ -66,6 +67,7 @@ def restore_disk_to_file(
     try:
         os.ftruncate(fd, disk.capacity)
         for offset, data in iter_disk_blocks(repo, disk, workers):
+            cancel.check()
             view = memoryview(data)
             while view:
                 view = view[os.pwrite(fd, view, offset + len(data) - len(view)) :]
