@@ -6,6 +6,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -70,16 +71,13 @@ func (x *ext) serveSOAP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if !hooked[name] {
-		r.Body = httpBody(body)
-		r.ContentLength = int64(len(body))
-		x.inner.ServeHTTP(w, r)
+		x.callInner(w, r, body, name)
 		return
 	}
 
 	m, err := simulator.UnmarshalBody(x.typeFunc, body)
 	if err != nil {
-		r.Body = httpBody(body)
-		x.inner.ServeHTTP(w, r) // let the simulator answer the decoding error
+		x.callInner(w, r, body, name) // let the simulator answer the decoding error
 		return
 	}
 
@@ -122,6 +120,50 @@ func (x *ext) serveSOAP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	copyRecorded(w, rec)
+}
+
+// callInner passes a SOAP call to the simulator. The simulator builds its whole
+// answer before writing it, so a panic inside it can still be answered: as an
+// empty FetchResponse for Fetch (0.24.2 panics when pyVmomi fetches an unset
+// property, e.g. vm.snapshot once the last snapshot is gone; a real server
+// answers "unset"), else as a SystemError fault instead of a dropped connection.
+func (x *ext) callInner(w http.ResponseWriter, r *http.Request, body []byte, name string) {
+	r.Body = httpBody(body)
+	r.ContentLength = int64(len(body))
+	tw := &trackingWriter{ResponseWriter: w}
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		if p == http.ErrAbortHandler || tw.wrote {
+			panic(p)
+		}
+		if name == "Fetch" {
+			writeEnvelope(w, http.StatusOK, []byte(`<FetchResponse xmlns="urn:vim25"></FetchResponse>`))
+			return
+		}
+		log.Printf("simulator panic in %s: %v\n%s", name, p, debug.Stack())
+		msg := fmt.Sprintf("simulator panic in %s: %v", name, p)
+		writeFault(w, &types.SystemError{Reason: msg}, msg)
+	}()
+	x.inner.ServeHTTP(tw, r)
+}
+
+// trackingWriter notes whether anything was written.
+type trackingWriter struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (t *trackingWriter) WriteHeader(code int) {
+	t.wrote = true
+	t.ResponseWriter.WriteHeader(code)
+}
+
+func (t *trackingWriter) Write(p []byte) (int, error) {
+	t.wrote = true
+	return t.ResponseWriter.Write(p)
 }
 
 // failedTask creates a task on obj that has already failed with fault.

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"regexp"
+	"runtime/debug"
 	"strings"
 
 	"github.com/vmware/govmomi/vim25/soap"
@@ -122,7 +124,17 @@ func (x *ext) forward(r *http.Request, body []byte) *httptest.ResponseRecorder {
 	req.Body = httpBody(body)
 	req.ContentLength = int64(len(body))
 	rec := httptest.NewRecorder()
-	x.inner.ServeHTTP(rec, req)
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				log.Printf("simulator panic: %v\n%s", p, debug.Stack())
+				rec = httptest.NewRecorder()
+				msg := fmt.Sprintf("simulator panic: %v", p)
+				writeFault(rec, &types.SystemError{Reason: msg}, msg)
+			}
+		}()
+		x.inner.ServeHTTP(rec, req)
+	}()
 	return rec
 }
 
