@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """QueryChangedDiskAreas through pyVmomi, against what the guest really wrote."""
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def test_change_tracking_is_supported(vcsim: Vcsim) -> None:
 
 
 def test_cbt_takes_effect_only_after_a_stun(vcsim: Vcsim) -> None:
-    si, vm, key, cap = _setup(vcsim, cbt=False)
+    _si, vm, key, cap = _setup(vcsim, cbt=False)
     set_power(vm, on=False)
     enable_cbt(vm)
     assert vm.config.changeTrackingEnabled is True
@@ -72,7 +73,7 @@ def test_cbt_takes_effect_only_after_a_stun(vcsim: Vcsim) -> None:
 
 
 def test_snapshot_is_a_stun_too(vcsim: Vcsim) -> None:
-    si, vm, key, cap = _setup(vcsim)  # powered on, CBT pending
+    _si, vm, key, cap = _setup(vcsim)  # powered on, CBT pending
     vcsim.api.write(VM, 0, b"written before CBT took effect")
     snap = snapshot(vm)
     change_id = disks(snap.config)[0].backing.changeId
@@ -83,7 +84,7 @@ def test_snapshot_is_a_stun_too(vcsim: Vcsim) -> None:
 
 
 def test_star_reports_allocated_areas(vcsim: Vcsim) -> None:
-    si, vm, key, cap = _setup(vcsim)
+    _si, vm, key, cap = _setup(vcsim)
     bs = vcsim.endpoint.block_size
     writes = [(0, 10), (bs * 10 + 100, 2 * bs), (cap - 1, 1)]
     for off, n in writes:
@@ -98,7 +99,7 @@ def test_star_reports_allocated_areas(vcsim: Vcsim) -> None:
 
 def test_star_answers_the_whole_disk_on_nfs(vcsim_factory: Callable[..., Vcsim]) -> None:
     vc = vcsim_factory(datastore_type="NFS", disk_mb=4)
-    si, vm, key, cap = _setup(vc)
+    _si, vm, key, cap = _setup(vc)
     ds = vm.datastore[0]
     assert ds.summary.type == "NFS"
     vc.api.write(VM, 0, b"x")
@@ -111,7 +112,7 @@ def test_star_answers_the_whole_disk_on_nfs(vcsim_factory: Callable[..., Vcsim])
 
 def test_paging_gives_the_same_merged_extents(vcsim_factory: Callable[..., Vcsim]) -> None:
     vc = vcsim_factory(disk_mb=8)
-    si, vm, key, cap = _setup(vc)
+    _si, vm, key, cap = _setup(vc)
     bs = vc.endpoint.block_size
     snap0 = snapshot(vm)
     base = disks(snap0.config)[0].backing.changeId
@@ -253,7 +254,7 @@ def test_changed_areas_between_snapshots_match_the_writes(vcsim_factory: Callabl
 
 
 def test_stale_change_ids_give_file_fault(vcsim: Vcsim) -> None:
-    si, vm, key, cap = _setup(vcsim)
+    _si, vm, key, cap = _setup(vcsim)
     snap1 = snapshot(vm)
     id1 = disks(snap1.config)[0].backing.changeId
     vcsim.api.write(VM, 0, b"data")
@@ -278,7 +279,7 @@ def test_stale_change_ids_give_file_fault(vcsim: Vcsim) -> None:
 
 
 def test_cbt_reset_invalidates_change_ids(vcsim: Vcsim) -> None:
-    si, vm, key, cap = _setup(vcsim)
+    _si, vm, key, cap = _setup(vcsim)
     snap1 = snapshot(vm)
     id1 = disks(snap1.config)[0].backing.changeId
     remove_snapshot(snap1)
@@ -297,7 +298,7 @@ def test_cbt_reset_invalidates_change_ids(vcsim: Vcsim) -> None:
 
 
 def test_disabling_cbt_invalidates_change_ids(vcsim: Vcsim) -> None:
-    si, vm, key, cap = _setup(vcsim)
+    _si, vm, key, cap = _setup(vcsim)
     snap1 = snapshot(vm)
     id1 = disks(snap1.config)[0].backing.changeId
     remove_snapshot(snap1)
@@ -318,7 +319,7 @@ def test_disabling_cbt_invalidates_change_ids(vcsim: Vcsim) -> None:
 
 
 def test_bad_offset_and_device_key_give_invalid_argument(vcsim: Vcsim) -> None:
-    si, vm, key, cap = _setup(vcsim)
+    _si, vm, key, cap = _setup(vcsim)
     snap = snapshot(vm)
     for offset in (cap, cap + 1, -1, 1 << 50):
         with pytest.raises(vmodl.fault.InvalidArgument) as err:
@@ -338,7 +339,7 @@ def test_bad_offset_and_device_key_give_invalid_argument(vcsim: Vcsim) -> None:
 
 
 def test_snapshot_of_another_vm_or_a_removed_one(vcsim: Vcsim) -> None:
-    si, vm, key, cap = _setup(vcsim)
+    si, vm, key, _cap = _setup(vcsim)
     other = find_vm(si, "DC0_H0_VM1")
     enable_cbt(other)
     other_snap = snapshot(other)
@@ -351,7 +352,7 @@ def test_snapshot_of_another_vm_or_a_removed_one(vcsim: Vcsim) -> None:
 
 
 def test_query_without_snapshot_needs_a_powered_off_vm(vcsim: Vcsim) -> None:
-    si, vm, key, cap = _setup(vcsim)
+    _si, vm, key, cap = _setup(vcsim)
     set_power(vm, on=False)
     set_power(vm, on=True)  # CBT now in effect
     with pytest.raises(vim.fault.InvalidPowerState) as err:
@@ -364,7 +365,7 @@ def test_query_without_snapshot_needs_a_powered_off_vm(vcsim: Vcsim) -> None:
 
 
 def test_each_disk_has_its_own_change_id(vcsim: Vcsim) -> None:
-    si, vm, key, cap = _setup(vcsim)
+    _si, vm, key, cap = _setup(vcsim)
     set_power(vm, on=False)
     controller = next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualSCSIController))
     new_disk = vim.vm.device.VirtualDisk(
@@ -375,9 +376,7 @@ def test_each_disk_has_its_own_change_id(vcsim: Vcsim) -> None:
         backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(diskMode="persistent", thinProvisioned=True),
     )
     spec = vim.vm.ConfigSpec(
-        deviceChange=[
-            vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=new_disk)
-        ]
+        deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=new_disk)]
     )
     wait_task(vm.ReconfigVM_Task(spec=spec))
     set_power(vm, on=True)

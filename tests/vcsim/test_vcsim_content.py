@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """Disk content over /folder: snapshots freeze it, removal consolidates, revert, extension, restore."""
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _get_all(session: requests.Session, url: str) -> bytes:
 
 
 def test_disk_is_a_flat_file_of_its_capacity(vcsim: Vcsim) -> None:
-    si, vm, s = _vm(vcsim)
+    _si, vm, s = _vm(vcsim)
     disk = disks(vm.config)[0]
     assert disk.capacityInBytes == 16 * MiB
     assert disk.capacityInKB == 16 * 1024
@@ -62,7 +63,7 @@ def test_disk_is_a_flat_file_of_its_capacity(vcsim: Vcsim) -> None:
 
 
 def test_snapshot_freezes_content_and_moves_the_vm_to_a_child(vcsim: Vcsim) -> None:
-    si, vm, s = _vm(vcsim)
+    _si, vm, s = _vm(vcsim)
     rng = random.Random(1)
     before = rng.randbytes(256 * 1024)
     vcsim.api.write(VM, MiB, before)
@@ -103,7 +104,7 @@ def test_snapshot_freezes_content_and_moves_the_vm_to_a_child(vcsim: Vcsim) -> N
 
 
 def test_removing_the_only_snapshot_consolidates(vcsim: Vcsim) -> None:
-    si, vm, s = _vm(vcsim)
+    _si, vm, s = _vm(vcsim)
     vcsim.api.write(VM, 0, b"old")
     snap = snapshot(vm)
     child_url = backing_url(vcsim, disks(vm.config)[0].backing)
@@ -121,7 +122,7 @@ def test_removing_the_only_snapshot_consolidates(vcsim: Vcsim) -> None:
 
 
 def test_removing_the_oldest_of_two_snapshots_keeps_the_newer_frozen(vcsim: Vcsim) -> None:
-    si, vm, s = _vm(vcsim)
+    _si, vm, s = _vm(vcsim)
     enable_cbt(vm)
     bs = vcsim.endpoint.block_size
     vcsim.api.write(VM, 0, b"A" * 100)
@@ -148,7 +149,7 @@ def test_removing_the_oldest_of_two_snapshots_keeps_the_newer_frozen(vcsim: Vcsi
 
 
 def test_remove_all_snapshots(vcsim: Vcsim) -> None:
-    si, vm, s = _vm(vcsim)
+    _si, vm, s = _vm(vcsim)
     for i in range(3):
         vcsim.api.write(VM, i * 4096, bytes([i + 1]) * 10)
         snapshot(vm, f"s{i}")
@@ -164,7 +165,7 @@ def test_remove_all_snapshots(vcsim: Vcsim) -> None:
 
 
 def test_revert_to_the_newest_snapshot(vcsim: Vcsim) -> None:
-    si, vm, s = _vm(vcsim)
+    _si, vm, s = _vm(vcsim)
     enable_cbt(vm)
     bs = vcsim.endpoint.block_size
     vcsim.api.write(VM, 0, b"kept")
@@ -203,7 +204,7 @@ def _edit_capacity(vm: Any, new_bytes: int, *, kb_only: bool = False) -> Any:
 
 @pytest.mark.parametrize("kb_only", [False, True])
 def test_extending_a_disk_grows_file_and_tracking(vcsim: Vcsim, kb_only: bool) -> None:
-    si, vm, s = _vm(vcsim)
+    _si, vm, s = _vm(vcsim)
     enable_cbt(vm)
     bs = vcsim.endpoint.block_size
     snap = snapshot(vm)
@@ -232,7 +233,7 @@ def test_extending_a_disk_grows_file_and_tracking(vcsim: Vcsim, kb_only: bool) -
 
 
 def test_disks_with_snapshots_cannot_grow_and_disks_never_shrink(vcsim: Vcsim) -> None:
-    si, vm, s = _vm(vcsim)
+    _si, vm, _s = _vm(vcsim)
     snap = snapshot(vm)
     with pytest.raises(vmodl.fault.NotSupported):
         wait_task(_edit_capacity(vm, 32 * MiB))
@@ -317,7 +318,7 @@ def test_restore_path_create_vm_then_put_the_flat_file(vcsim: Vcsim) -> None:
 
 
 def test_put_rules(vcsim: Vcsim) -> None:
-    si, vm, s = _vm(vcsim)
+    _si, vm, s = _vm(vcsim)
     url = backing_url(vcsim, disks(vm.config)[0].backing)
     # the disk of a powered-on VM is locked
     assert s.put(url, data=b"x" * 4096, timeout=10).status_code == 403

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """The simulator as a server: build, start/stop hygiene, login, TLS, /folder authentication."""
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def test_fixture_teardown_leaves_nothing_behind(tmp_path: Path) -> None:
         ],
         cwd=tmp_path,
         env=env,
+        check=False,
         capture_output=True,
         text=True,
         timeout=120,
