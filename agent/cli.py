@@ -12,7 +12,7 @@ from types import FrameType
 from vmkeep.hypervisors.exceptions import SourceError
 from vmkeep.repository.exceptions import RepositoryError
 
-from .commands import backup, repository, restore
+from .commands import backup, demo, repository, restore
 from .commands.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .engine import cancel
 from .engine.exceptions import EngineError, Interrupted
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     repository.add_parsers(sub)
     backup.add_parsers(sub)
     restore.add_parsers(sub)
+    demo.add_parsers(sub)
     return parser
 
 

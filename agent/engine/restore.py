@@ -24,6 +24,7 @@ from .pipeline import ordered_map
 from .progress import Progress
 
 ZERO = FORMAT.ZERO_ID
+WRITEBACK_EVERY = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,18 @@ def restore_disk_to_file(
         raise RestoreTargetError(f"cannot create {path}: {exc.strerror}") from None
     try:
         os.ftruncate(fd, disk.capacity)
+        flushed = 0
         for offset, data in iter_disk_blocks(repo, disk, workers):
             cancel.check()
             view = memoryview(data)
             while view:
                 view = view[os.pwrite(fd, view, offset + len(data) - len(view)) :]
             progress.advance(len(data))
+            if offset - flushed >= WRITEBACK_EVERY:
+                # Start write-back of what is done (Linux starts it on DONTNEED), so the final
+                # fsync does not wait for the whole disk, and the page cache holds little of it.
+                os.posix_fadvise(fd, flushed, offset - flushed, os.POSIX_FADV_DONTNEED)
+                flushed = offset
         os.fsync(fd)
     except OSError as exc:
         os.close(fd)

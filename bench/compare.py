@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Full, 1%-incremental and restore throughput of vmkeep beside restic, borg and zstd, in one run.
+
+    ./install.sh --bench && .venv/bin/python bench/compare.py --size 2G
+
+Builds a mixed image (a quarter zeros, half compressible text, a quarter random), then times,
+on the same machine and the same page-cached image: a full backup with each tool; 1% of the
+blocks changed (64 KiB in each) and an incremental backup (vmkeep with change hints, the
+others re-reading the image as they must); and a restore of the newest point. It also times
+``zstd -1 -T2`` compressing the image (the compression limit), and reports peak memory.
+Every restore is checked against the image. Figures are ratios within this run; absolute
+speeds depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vmkeep.agent.demo import change_one_percent, make_sample_image, sha256_file
+from vmkeep.agent.output import parse_size
+
+PASSWORD = "bench-only-password"
+
+
+@dataclass
+class Run:
+    tool: str
+    op: str
+    seconds: float
+    peak_mb: float
+    mb_per_s: float
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of a command, via GNU time."""
+    fd, out = tempfile.mkstemp()
+    os.close(fd)
+    os.sync()  # start quiet: no tool pays for the write-back of the previous one's output
+    start = time.monotonic()
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", out, *cmd],
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    seconds = time.monotonic() - start
+    peak_kb = float(Path(out).read_text().split()[-1])
+    os.unlink(out)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
+    return seconds, peak_kb / 1024
+
+
+def find_one(directory: Path) -> Path:
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    if len(files) != 1:
+        raise SystemExit(f"bench: expected one restored file in {directory}, found {len(files)}")
+    return files[0]
+
+
+class Bench:
+    def __init__(self, work: Path, size: int) -> None:
+        self.work = work
+        self.size = size
+        self.image = work / "disk.img"
+        self.runs: list[Run] = []
+        self.vmkeep = [sys.executable, "-m", "vmkeep.agent.cli"]
+
+    def record(self, tool: str, op: str, seconds: float, peak: float, nbytes: int) -> None:
+        run = Run(tool, op, round(seconds, 3), round(peak, 1), round(nbytes / seconds / 1e6, 1))
+        self.runs.append(run)
+        print(f"  {tool:16} {op:12} {seconds:8.2f} s {run.mb_per_s:9.1f} MB/s  peak {peak:7.1f} MB", flush=True)
+
+    def check_restore(self, tool: str, restored: Path, digest: str) -> None:
+        if sha256_file(restored) != digest:
+            raise SystemExit(f"bench: {tool} restored {restored} differs from the image")
+        restored.unlink()
+
+    def run(self, tools: list[str]) -> None:
+        print(f"making a {self.size / 2**30:.2f} GiB mixed image in {self.work}", flush=True)
+        make_sample_image(self.image, self.size)
+        subprocess.run(["cat", str(self.image)], stdout=subprocess.DEVNULL, check=True)  # page-cache it for all
+
+        print("full backup:", flush=True)
+        self.record(
+            "zstd -1 -T2", "compress", *timed(["zstd", "-1", "-T2", "-q", "-f", "-c", str(self.image)]), self.size
+        )
+        for tool in tools:
+            getattr(self, f"full_{tool.replace('-', '_')}")()
+
+        hints = self.work / "hints.json"
+        hints.write_text(json.dumps(change_one_percent(self.image)))
+        digest = sha256_file(self.image)
+        print("incremental backup, 1% of blocks changed:", flush=True)
+        for tool in tools:
+            getattr(self, f"incr_{tool.replace('-', '_')}")(hints)
+
+        print("restore of the newest point:", flush=True)
+        for tool in tools:
+            getattr(self, f"restore_{tool.replace('-', '_')}")(digest)
+
+    # -- vmkeep -------------------------------------------------------------------------------
+
+    def _vmkeep_repo(self, name: str, encrypted: bool) -> tuple[Path, dict[str, str]]:
+        repo = self.work / name
+        env = {"VMKEEP_PASSPHRASE": PASSWORD} if encrypted else {}
+        if not repo.exists():
+            subprocess.run(
+                [*self.vmkeep, "init", str(repo), *(["--encrypt"] if encrypted else [])],
+                env={**os.environ, **env},
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        return repo, env
+
+    def _vmkeep_full(self, tool: str, encrypted: bool) -> None:
+        repo, env = self._vmkeep_repo(tool, encrypted)
+        self.record(
+            tool,
+            "full",
+            *timed([*self.vmkeep, "backup-image", str(self.image), "--repo", str(repo), "-q"], env),
+            self.size,
+        )
+
+    def _vmkeep_incr(self, tool: str, encrypted: bool, hints: Path) -> None:
+        repo, env = self._vmkeep_repo(tool, encrypted)
+        cmd = [*self.vmkeep, "backup-image", str(self.image), "--repo", str(repo), "--hints", str(hints), "-q"]
+        self.record(tool, "incremental", *timed(cmd, env), self.size)
+
+    def _vmkeep_restore(self, tool: str, encrypted: bool, digest: str) -> None:
+        repo, env = self._vmkeep_repo(tool, encrypted)
+        out = self.work / f"{tool}-restore"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [*self.vmkeep, "restore", "latest", "--repo", str(repo), "--to-dir", str(out), "-q"]
+        self.record(tool, "restore", *timed(cmd, env), self.size)
+        self.check_restore(tool, find_one(out), digest)
+
+    def full_vmkeep(self) -> None:
+        self._vmkeep_full("vmkeep", False)
+
+    def incr_vmkeep(self, hints: Path) -> None:
+        self._vmkeep_incr("vmkeep", False, hints)
+
+    def restore_vmkeep(self, digest: str) -> None:
+        self._vmkeep_restore("vmkeep", False, digest)
+
+    def full_vmkeep_aes(self) -> None:
+        self._vmkeep_full("vmkeep-aes", True)
+
+    def incr_vmkeep_aes(self, hints: Path) -> None:
+        self._vmkeep_incr("vmkeep-aes", True, hints)
+
+    def restore_vmkeep_aes(self, digest: str) -> None:
+        self._vmkeep_restore("vmkeep-aes", True, digest)
+
+    # -- restic (always encrypted; compression auto, repository format 2) ---------------------
+
+    def _restic(self, *args: str) -> tuple[list[str], dict[str, str]]:
+        return ["restic", "--repo", str(self.work / "restic"), "--quiet", *args], {"RESTIC_PASSWORD": PASSWORD}
+
+    def full_restic(self) -> None:
+        cmd, env = self._restic("init")
+        subprocess.run(cmd, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
+        self.record("restic", "full", *timed(*self._restic("backup", str(self.image))), self.size)
+
+    def incr_restic(self, hints: Path) -> None:
+        self.record("restic", "incremental", *timed(*self._restic("backup", str(self.image))), self.size)
+
+    def restore_restic(self, digest: str) -> None:
+        out = self.work / "restic-restore"
+        shutil.rmtree(out, ignore_errors=True)
+        self.record("restic", "restore", *timed(*self._restic("restore", "latest", "--target", str(out))), self.size)
+        self.check_restore("restic", find_one(out), digest)
+
+    # -- borg (unencrypted, its default lz4 compression) --------------------------------------
+
+    def full_borg(self) -> None:
+        repo = self.work / "borg"
+        env = {"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
+        subprocess.run(["borg", "init", "--encryption=none", str(repo)], env={**os.environ, **env}, check=True)
+        self.record("borg", "full", *timed(["borg", "create", f"{repo}::full", str(self.image)], env), self.size)
+
+    def incr_borg(self, hints: Path) -> None:
+        env = {"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
+        self.record(
+            "borg",
+            "incremental",
+            *timed(["borg", "create", f"{self.work / 'borg'}::incr", str(self.image)], env),
+            self.size,
+        )
+
+    def restore_borg(self, digest: str) -> None:
+        out = self.work / "borg-restore"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        env = {"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
+        self.record(
+            "borg", "restore", *timed(["borg", "extract", f"{self.work / 'borg'}::incr"], env, cwd=out), self.size
+        )
+        self.check_restore("borg", find_one(out), digest)
+
+
+def seconds_of(runs: list[Run], tool: str, op: str) -> float | None:
+    return next((r.seconds for r in runs if r.tool == tool and r.op == op), None)
+
+
+def targets(runs: list[Run]) -> list[tuple[str, float | None, float, bool | None]]:
+    """(what, measured ratio, target, met) for each target of DESIGN.md."""
+
+    def ratio(a: tuple[str, str], b: tuple[str, str]) -> float | None:
+        x, y = seconds_of(runs, *a), seconds_of(runs, *b)
+        return None if x is None or y is None else x / y
+
+    rows = [
+        ("full: restic time / vmkeep time", ratio(("restic", "full"), ("vmkeep", "full")), 2.5, True),
+        ("full: borg time / vmkeep time", ratio(("borg", "full"), ("vmkeep", "full")), 2.0, True),
+        ("full: vmkeep time / zstd -1 -T2 time", ratio(("vmkeep", "full"), ("zstd -1 -T2", "compress")), 1.3, False),
+        (
+            "1% incremental: restic time / vmkeep time",
+            ratio(("restic", "incremental"), ("vmkeep", "incremental")),
+            15.0,
+            True,
+        ),
+        ("restore: restic time / vmkeep time", ratio(("restic", "restore"), ("vmkeep", "restore")), 2.0, True),
+    ]
+    out = []
+    for what, value, target, at_least in rows:
+        met = None if value is None else (value >= target if at_least else value <= target)
+        out.append((what, value, target, met))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="2G", help="image size (default: 2G)")
+    parser.add_argument("--workdir", type=Path, help="where to work (default: a temporary directory, removed)")
+    parser.add_argument("--tools", default="vmkeep,vmkeep-aes,restic,borg", help="comma-separated tools to run")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to FILE")
+    args = parser.parse_args()
+
+    tools = [t for t in args.tools.split(",") if t]
+    for tool, binary in (("restic", "restic"), ("borg", "borg")):
+        if tool in tools and shutil.which(binary) is None:
+            print(f"bench: {binary} is not installed (./install.sh --bench); skipping it", file=sys.stderr)
+            tools.remove(tool)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="vmkeep-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(work, parse_size(args.size))
+    try:
+        bench.run(tools)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print("\ntargets (DESIGN.md):")
+    results = targets(bench.runs)
+    for what, value, target, met in results:
+        shown = "n/a" if value is None else f"{value:6.2f}"
+        verdict = {None: "not measured", True: "met", False: "MISSED"}[met]
+        sign = ">=" if "vmkeep time /" not in what else "<="
+        print(f"  {what:45} {shown}  (target {sign} {target})  {verdict}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "size": bench.size,
+                    "cpus": os.cpu_count(),
+                    "runs": [asdict(r) for r in bench.runs],
+                    "targets": [{"what": w, "ratio": v, "target": t, "met": m} for w, v, t, m in results],
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
