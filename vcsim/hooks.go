@@ -31,6 +31,7 @@ var hooked = map[string]bool{
 	"ReconfigVM_Task":              true,
 	"PowerOnVM_Task":               true,
 	"CreateVM_Task":                true,
+	"CloneVM_Task":                 true,
 	"Destroy_Task":                 true,
 	"UnregisterVM":                 true,
 }
@@ -94,6 +95,11 @@ func (x *ext) serveSOAP(w http.ResponseWriter, r *http.Request) {
 
 	x.mu.Lock()
 	defer x.mu.Unlock()
+
+	if req, ok := m.Body.(*types.CloneVM_Task); ok {
+		x.serveClone(w, r, body, req)
+		return
+	}
 
 	post, reject := x.preHook(name, m)
 	if reject != nil {

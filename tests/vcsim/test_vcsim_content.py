@@ -361,3 +361,27 @@ def test_destroyed_vm_disappears(vcsim: Vcsim) -> None:
     with pytest.raises(vmodl.fault.ManagedObjectNotFound):
         vm.QueryChangedDiskAreas(deviceKey=key, startOffset=0, changeId="*")
     assert VM not in {st.name for st in vcsim.api.states()}
+
+
+def test_clone_copies_content_and_leaves_the_source_alone(vcsim: Vcsim) -> None:
+    _si, vm, s = _vm(vcsim)
+    vcsim.api.write(VM, 2 * MiB, b"source data")
+    snapshot(vm)  # the source runs on a child layer
+    vcsim.api.write(VM, 3 * MiB, b"after the snapshot")
+    source_backing = disks(vm.config)[0].backing.fileName
+    source_image = vcsim.api.read(VM, 0, 16 * MiB)
+
+    spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(), powerOn=False, template=False)
+    clone = wait_task(vm.CloneVM_Task(folder=vm.parent, name="clone1", spec=spec))
+    cdisk = disks(clone.config)[0]
+    assert cdisk.backing.fileName.startswith("[LocalDS_0] clone1/")
+    assert cdisk.backing.parent is None
+    assert _get_all(s, backing_url(vcsim, cdisk.backing)) == source_image
+
+    sdisk = disks(vm.config)[0]
+    assert sdisk.backing.fileName == source_backing
+    assert sdisk.backing.parent.fileName == BASE
+    # the two VMs no longer share anything: writes stay apart
+    vcsim.api.write("clone1", 0, b"clone only")
+    assert vcsim.api.read(VM, 0, 10) == b"\0" * 10
+    assert _get_all(s, backing_url(vcsim, sdisk.backing)) == source_image
