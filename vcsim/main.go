@@ -158,6 +158,11 @@ func main() {
 }
 
 func run(o *options) (err error) {
+	// Catch signals from the start: one that arrives while starting up is acted
+	// on once the server runs, so the directory below is still removed.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+
 	root, err := os.MkdirTemp(o.dirParent, "vmkeep-vcsim-")
 	if err != nil {
 		return err
@@ -235,8 +240,6 @@ func run(o *options) (err error) {
 	log.Printf("serving %s (datastores under %s)", info.URL, root)
 
 	stop := make(chan string, 2)
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	go func() { stop <- (<-sigs).String() }()
 	if o.exitOnEOF {
 		go func() {

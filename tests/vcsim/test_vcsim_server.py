@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,39 @@ def test_stop_cleans_up_after_a_killed_simulator(vcsim_binary: Path) -> None:
     assert ep.datastore_dir.exists(), "SIGKILL gives the Go process no chance to clean up"
     sim.stop()
     assert not ep.datastore_dir.exists()
+
+
+def test_sigterm_makes_the_simulator_clean_up(vcsim_binary: Path) -> None:
+    sim = Simulator(SimulatorOptions())
+    ep = sim.start()
+    os.kill(ep.pid, signal.SIGTERM)
+    for _ in range(250):
+        if not sim.running():
+            break
+        time.sleep(0.02)
+    assert not sim.running()
+    assert not ep.datastore_dir.exists(), "the Go process removes its directory on SIGTERM"
+    sim.stop()
+
+
+def test_the_caller_picks_the_port(vcsim_binary: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Simulator(SimulatorOptions(port=port)) as sim:
+        assert sim.endpoint.port == port
+        assert sim.endpoint.url == f"http://127.0.0.1:{port}/sdk"
+        with pytest.raises(SimulatorError, match="exited"):
+            Simulator(SimulatorOptions(port=port)).start()  # taken now
+
+
+def test_idle_sessions_expire_when_asked(vcsim_factory: Callable[..., Vcsim]) -> None:
+    vc = vcsim_factory(session_idle_timeout=0.5)
+    si = vc.connect()
+    assert si.CurrentTime() is not None
+    time.sleep(1.6)
+    with pytest.raises(vim.fault.NotAuthenticated):
+        si.CurrentTime()
 
 
 def test_simulator_exits_when_its_parent_goes_away(vcsim_binary: Path) -> None:
