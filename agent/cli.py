@@ -12,7 +12,7 @@ from types import FrameType
 from vmkeep.hypervisors.exceptions import SourceError
 from vmkeep.repository.exceptions import RepositoryError
 
-from .commands import backup, demo, repository, restore
+from .commands import backup, demo, repository, restore, vsphere
 from .commands.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .engine import cancel
 from .engine.exceptions import EngineError, Interrupted
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     repository.add_parsers(sub)
     backup.add_parsers(sub)
+    vsphere.add_parsers(sub)
     restore.add_parsers(sub)
     demo.add_parsers(sub)
     return parser

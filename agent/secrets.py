@@ -13,6 +13,7 @@ from pathlib import Path
 from .exceptions import ConfigError
 
 PASSPHRASE_ENV = "VMKEEP_PASSPHRASE"
+PASSWORD_ENV = "VMKEEP_PASSWORD"
 
 
 def read_secret_file(path: Path, what: str) -> bytes:
@@ -47,3 +48,15 @@ def passphrase(file: Path | None, *, confirm: bool = False, required: bool = Fal
     if confirm and getpass.getpass("repeat passphrase: ").encode() != first:
         raise ConfigError("the passphrases do not match")
     return first
+
+
+def password(file: Path | None, user: str, server: str) -> str:
+    """The vCenter/ESXi password from ``--password-file``, ``VMKEEP_PASSWORD``, or a prompt."""
+    if file is not None:
+        return read_secret_file(file, "password").decode()
+    env = os.environ.get(PASSWORD_ENV)
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        raise ConfigError(f"a password is needed for {user}@{server}: set {PASSWORD_ENV} or pass --password-file")
+    return getpass.getpass(f"password for {user}@{server}: ")

@@ -10,9 +10,10 @@ snapshot. Restoring a disk set to a new VM is the other half, added per platform
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,24 @@ class BackupSession(ABC):
     def close(self) -> None:
         """End the session: remove the snapshot or checkpoint. Must be safe to call twice."""
 
-    def __enter__(self) -> BackupSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class DiskImage:
+    """A disk to restore: its key in the recorded hardware, its size, and its whole content.
+
+    ``stream()`` yields every byte of the disk in order (zeros included), and may be called
+    again to start over (an upload retried after a dropped connection).
+    """
+
+    key: str
+    capacity: int
+    stream: Callable[[], Iterator[bytes]]
 
 
 def merge_extents(extents: list[Extent]) -> list[Extent]:

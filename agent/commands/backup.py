@@ -58,6 +58,7 @@ def options_from(args: argparse.Namespace) -> BackupOptions:
         full_reason="a full backup was requested (--full)" if args.full else None,
         workers=max(1, args.workers),
         sanity_blocks=args.sanity_blocks,
+        full_every=getattr(args, "full_every", None),
     )
 
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..engine.restore import restore_point_to_dir
+from ..engine.restore import iter_disk_stream, restore_point_to_dir
 from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from ..terminal import TerminalProgress
@@ -24,6 +24,32 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("point", metavar="POINT", help="recovery point id or unique prefix, 'latest' or 'latest:VM'")
     repo_options(p)
     p.add_argument("--to-dir", type=Path, metavar="DIR", help="write raw disk images into DIR")
+    host = p.add_argument_group(
+        "restore to vCenter/ESXi as a new VM (vSphere points)",
+        "The VM is created with the recorded CPU, memory, firmware, controllers, disks and NICs (new MAC "
+        "addresses), each disk is uploaded and read back to check it; an existing VM is never overwritten, "
+        "and a failed restore removes the half-created VM.",
+    )
+    host.add_argument("--to-host", dest="server", metavar="URL", help="vCenter or ESXi address or URL")
+    host.add_argument("--user", "-u", help="vSphere user")
+    host.add_argument("--password-file", type=Path, metavar="FILE", help="vSphere password file ($VMKEEP_PASSWORD)")
+    tls = host.add_mutually_exclusive_group()
+    tls.add_argument("--ca-file", type=Path, metavar="FILE", help="trust the CA certificates in FILE (PEM)")
+    tls.add_argument("--thumbprint", metavar="HEX", help="trust exactly the certificate with this thumbprint")
+    tls.add_argument("--insecure", action="store_true", help="do NOT verify the server's certificate (dangerous)")
+    host.add_argument("--datastore", metavar="DS", help="datastore for the new VM's files")
+    host.add_argument("--name", metavar="NAME", help="name of the new VM (default: the recorded name + '-restored')")
+    host.add_argument("--folder", metavar="PATH", help="VM folder below the datacenter's, e.g. restored/2026")
+    host.add_argument("--esx-host", metavar="NAME", help="host to register the VM on (default: one seeing DS)")
+    host.add_argument(
+        "--network",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="connect NICs recorded on network OLD to network NEW (repeatable)",
+    )
+    host.add_argument("--power-on", action="store_true", help="power the VM on after the restore")
+    host.add_argument("--no-verify", action="store_true", help="skip reading the uploaded disks back")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, metavar="N", help="reader threads")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     json_option(p)
@@ -31,8 +57,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    if args.to_dir is None:
-        raise ConfigError("say where to restore: --to-dir DIR")
+    if (args.to_dir is None) == (args.server is None):
+        raise ConfigError("say where to restore: --to-dir DIR, or --to-host URL with --datastore DS")
+    if args.server is not None:
+        return restore_to_host(args)
     with open_repository(args) as repo, repo.lock("restore"):
         point = repo.find_point(args.point)
         progress = TerminalProgress(quiet=args.quiet)
@@ -42,4 +70,62 @@ def cmd_restore(args: argparse.Namespace) -> int:
     else:
         for d in disks:
             print(f"restored {point.vm} disk {d.key} ({human_size(d.size)}) to {d.path}")
+    return EXIT_OK
+
+
+def restore_to_host(args: argparse.Namespace) -> int:
+    from vmkeep.hypervisors.base import DiskImage
+    from vmkeep.hypervisors.vsphere.connection import VSphereConnection
+    from vmkeep.hypervisors.vsphere.restore import RestoreTarget, restore_vm
+
+    from .vsphere import settings_from
+
+    if not args.datastore or not args.user:
+        raise ConfigError("--to-host needs --user and --datastore")
+    network_map = {}
+    for item in args.network:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise ConfigError(f"--network takes OLD=NEW, not {item!r}")
+        network_map[old] = new
+    workers = max(1, args.workers)
+    with open_repository(args) as repo, repo.lock("restore"):
+        point = repo.find_point(args.point)
+        if point.source.get("type") != "vsphere" or not point.hardware:
+            raise ConfigError(f"point {point.short_id} is not of a vSphere VM; restore it with --to-dir")
+        target = RestoreTarget(
+            name=args.name or f"{point.vm}-restored",
+            datastore=args.datastore,
+            folder=args.folder,
+            esx_host=args.esx_host,
+            network_map=network_map,
+            power_on=args.power_on,
+            verify=not args.no_verify,
+        )
+        images = [
+            DiskImage(d.key, d.capacity, lambda d=d: iter_disk_stream(repo, d, workers))  # type: ignore[misc]
+            for d in point.disks
+        ]
+        progress = TerminalProgress(quiet=args.quiet)
+        progress.disk_started(point.vm, "all disks", sum(d.capacity for d in point.disks), "upload", None)
+        with VSphereConnection(settings_from(args)) as conn:
+            restored = restore_vm(conn, point.hardware, images, target, progress=progress.advance)
+        progress.disk_finished("all disks")
+    if args.json:
+        print_json(
+            {
+                "point": point.id,
+                "vm": restored.name,
+                "moref": restored.moref,
+                "disks": restored.disks,
+                "powered_on": restored.powered_on,
+            }
+        )
+    else:
+        print(f"restored {point.vm} ({point.short_id}) to {args.server} as VM {restored.name} ({restored.moref})")
+        for d in restored.disks:
+            print(
+                f"  disk {d['key']}: {human_size(d['size'])} uploaded to {d['file']}"
+                + (", verified" if target.verify else "")
+            )
     return EXIT_OK

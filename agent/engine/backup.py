@@ -28,7 +28,7 @@ from .exceptions import ShortRead
 from .pipeline import ordered_map
 from .plan import plan_disk
 from .progress import Progress
-from .sanity import check_unchanged_blocks
+from .sanity import check_unallocated_blocks, check_unchanged_blocks
 from .zeros import is_zero
 
 ZERO = FORMAT.ZERO_ID
@@ -40,6 +40,7 @@ class BackupOptions:
     full_reason: str | None = None  # force a full read of every disk, for this reason
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     sanity_blocks: int | None = None  # blocks the CBT sanity check re-reads (None: automatic)
+    full_every: int | None = None  # every Nth backup of a VM is an active full
 
 
 @dataclass
@@ -92,6 +93,20 @@ def previous_point(repo: Repository, session: BackupSession) -> RecoveryPoint | 
     return points[-1] if points else None
 
 
+def periodic_full_reason(repo: Repository, session: BackupSession, every: int) -> str | None:
+    """Why this backup must be an active full under ``--full-every``, or None."""
+    source_type = session.source_info().get("type")
+    points = [p for p in repo.points(session.vm_name) if p.source.get("type") == source_type]
+    since_full = 0
+    for point in reversed(points):
+        if point.kind == "full":
+            break
+        since_full += 1
+    if points and since_full + 1 >= every:
+        return f"periodic active full: every {every} backup(s) of this VM read everything (--full-every)"
+    return None
+
+
 class _BackupJob:
     def __init__(self, session: BackupSession, repo: Repository, options: BackupOptions, progress: Progress):
         self.session = session
@@ -99,12 +114,14 @@ class _BackupJob:
         self.options = options
         self.progress = progress
         self.previous = previous_point(repo, session)
+        if options.full_reason is None and options.full_every is not None:
+            options.full_reason = periodic_full_reason(repo, session, options.full_every)
         self.writer = repo.writer()
 
     def back_up_disk(self, disk: DiskInfo) -> DiskRecord:
         session, repo = self.session, self.repo
         block_size = repo.config.block_size
-        plan = plan_disk(session, disk, self.previous, block_size, self.options.full_reason)
+        plan = plan_disk(session, disk, self.previous, block_size, force_full=self.options.full_reason)
         record = DiskRecord(key=disk.key, capacity=disk.capacity, tree="", change_token=disk.change_token)
         record.identity = dict(disk.identity)
 
@@ -119,6 +136,12 @@ class _BackupJob:
                 log.warning("%s disk %s: %s", session.vm_name, disk.key, mismatch)
                 plan = plan_disk(session, disk, self.previous, block_size, force_full=mismatch)
                 prev_leaves = None
+
+        elif plan.from_allocation:
+            wrong_map = check_unallocated_blocks(session, plan, block_size, record)
+            if wrong_map is not None:
+                self.progress.warn(f"{session.vm_name} disk {disk.key}: {wrong_map}")
+                plan = plan_disk(session, disk, self.previous, block_size, force_full=plan.reason, use_allocation=False)
 
         record.mode, record.reason = plan.mode, plan.reason
         total = sum(min(r.stop * block_size, disk.capacity) - r.start * block_size for r in plan.runs)

@@ -16,6 +16,7 @@ class DiskPlan:
     reason: str | None  # why a full read
     runs: list[range]  # block numbers to read, as sorted disjoint runs
     previous: DiskRecord | None  # the record the incremental builds on
+    from_allocation: bool = False  # a full read limited to the source's allocation map
 
     @property
     def block_count(self) -> int:
@@ -31,7 +32,9 @@ def plan_disk(
     disk: DiskInfo,
     previous_point: RecoveryPoint | None,
     block_size: int,
+    *,
     force_full: str | None = None,
+    use_allocation: bool = True,
 ) -> DiskPlan:
     """Incremental when the previous point's record of this disk can be trusted, else full."""
     prev = previous_point.disk(disk.key) if previous_point is not None else None
@@ -56,13 +59,11 @@ def plan_disk(
             return DiskPlan(disk, MODE_INCREMENTAL, None, runs, prev)
         assert isinstance(answer, FullRead)
         reason = answer.reason
-    allocated = session.allocated(disk)
-    nblocks = -(-disk.capacity // block_size)
+    allocated = session.allocated(disk) if use_allocation else None
     if allocated is not None:
-        runs = extents_to_runs(merge_extents(allocated), block_size)
-    else:
-        runs = [range(nblocks)] if nblocks else []
-    return DiskPlan(disk, MODE_FULL, reason, runs, None)
+        return DiskPlan(disk, MODE_FULL, reason, extents_to_runs(merge_extents(allocated), block_size), None, True)
+    nblocks = -(-disk.capacity // block_size)
+    return DiskPlan(disk, MODE_FULL, reason, [range(nblocks)] if nblocks else [], None)
 
 
 def extents_to_runs(extents: list[Extent], block_size: int) -> list[range]:

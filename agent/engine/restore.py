@@ -54,6 +54,24 @@ def iter_disk_blocks(repo: Repository, disk: DiskRecord, workers: int) -> Iterat
     yield from ordered_map(fetch, stored_blocks(), workers, 4 * workers)
 
 
+def iter_disk_stream(repo: Repository, disk: DiskRecord, workers: int) -> Iterator[bytes]:
+    """Every byte of ``disk`` in order, zeros included (for uploads that cannot leave holes)."""
+    zero_block = bytes(repo.config.block_size)
+
+    def zeros(start: int, end: int) -> Iterator[bytes]:
+        for pos in range(start, end, len(zero_block)):
+            n = min(len(zero_block), end - pos)
+            yield zero_block if n == len(zero_block) else bytes(n)
+
+    position = 0
+    for offset, data in iter_disk_blocks(repo, disk, workers):
+        cancel.check()
+        yield from zeros(position, offset)
+        yield data
+        position = offset + len(data)
+    yield from zeros(position, disk.capacity)
+
+
 def restore_disk_to_file(
     repo: Repository, disk: DiskRecord, path: Path, workers: int, progress: Progress | None = None
 ) -> RestoredDisk:

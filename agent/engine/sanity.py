@@ -81,3 +81,23 @@ def _pick(runs: list[range], count: int, rng: random.Random) -> set[int]:
                 break
             rest -= len(run)
     return chosen
+
+
+def check_unallocated_blocks(session: BackupSession, plan: DiskPlan, block_size: int, record: DiskRecord) -> str | None:
+    """For a full read limited to an allocation map: re-read a sample of the blocks it calls
+    unused, which must be zeros. Return why the map cannot be trusted, or None.
+    """
+    disk = plan.disk
+    nblocks = -(-disk.capacity // block_size)
+    unused = complement(plan.runs, nblocks)
+    count = sample_size(sum(len(r) for r in unused), None)
+    for block in sorted(_pick(unused, count, random.Random())):
+        offset = block * block_size
+        data = session.read(disk, offset, min(block_size, disk.capacity - offset))
+        record.read_bytes += len(data)
+        if not is_zero(data):
+            return (
+                f"the allocation map calls block {block} (offset {offset}) unused, but it holds data; "
+                "reading every block"
+            )
+    return None

@@ -1,0 +1,151 @@
+"""vSphere commands: backup (of one or more VMs) and vms (the inventory)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from vmkeep.hypervisors.exceptions import SourceError
+from vmkeep.hypervisors.vsphere.connection import ConnectionSettings, VSphereConnection
+from vmkeep.hypervisors.vsphere.exceptions import SnapshotError
+from vmkeep.hypervisors.vsphere.tls import TlsPolicy, normalise_thumbprint
+from vmkeep.repository.exceptions import RepositoryError
+from vmkeep.repository.points import RecoveryPoint
+from vmkeep.repository.repo import Repository
+
+from .. import secrets
+from ..engine.exceptions import EngineError
+from ..exceptions import ConfigError
+from ..output import human_size, print_json, print_table
+from .backup import backup_options, report, run_backup
+from .common import EXIT_FAILURE, EXIT_OK, json_option, open_repository, repo_options
+
+log = logging.getLogger(__name__)
+
+
+def connection_options(p: argparse.ArgumentParser, server_flag: str = "--vcenter") -> None:
+    p.add_argument(server_flag, dest="server", required=True, metavar="URL", help="vCenter or ESXi address or URL")
+    p.add_argument("--user", "-u", required=True, help="vSphere user, e.g. backup@vsphere.local")
+    p.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="FILE",
+        help="read the vSphere password from FILE (default: $VMKEEP_PASSWORD, else a prompt)",
+    )
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--ca-file", type=Path, metavar="FILE", help="trust the CA certificates in FILE (PEM)")
+    tls.add_argument(
+        "--thumbprint",
+        metavar="HEX",
+        help="trust exactly the certificate with this SHA-256 (or SHA-1) thumbprint, and no other",
+    )
+    tls.add_argument("--insecure", action="store_true", help="do NOT verify the server's certificate (dangerous)")
+
+
+def settings_from(args: argparse.Namespace) -> ConnectionSettings:
+    if args.thumbprint:
+        try:
+            normalise_thumbprint(args.thumbprint)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    tls = TlsPolicy(ca_file=args.ca_file, thumbprint=args.thumbprint, insecure=args.insecure)
+    return ConnectionSettings(args.server, args.user, secrets.password(args.password_file, args.user, args.server), tls)
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "backup",
+        help="back up vSphere VMs (changed block tracking, no agent in the guest)",
+        description="Back up VMs from vCenter or ESXi. Each VM gets a snapshot, its disks' changed blocks "
+        "since the previous recovery point are read over the datastore HTTP endpoint, a recovery point is "
+        "committed, and the snapshot is removed, also when the backup fails or is interrupted. Change "
+        "tracking is enabled where it is off. A disk is read in full (and the point says why) when there is "
+        "no earlier point, its change id is refused, it was resized or replaced, or --full is given.",
+    )
+    connection_options(p)
+    p.add_argument("--vm", action="append", required=True, metavar="NAME", help="VM to back up (repeatable)")
+    repo_options(p)
+    p.add_argument("--no-quiesce", action="store_true", help="take crash-consistent snapshots, never quiesced ones")
+    p.add_argument(
+        "--full-every",
+        type=int,
+        metavar="N",
+        help="make every Nth backup of a VM an active full (read everything), e.g. 30",
+    )
+    backup_options(p)
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser(
+        "vms",
+        help="list the VMs of a vCenter or ESXi host",
+        description="List VMs with power state, change tracking state, snapshots and disks (one round trip).",
+    )
+    connection_options(p)
+    json_option(p)
+    p.set_defaults(func=cmd_vms)
+
+
+def cmd_vms(args: argparse.Namespace) -> int:
+    from vmkeep.hypervisors.vsphere.inventory import list_vms
+
+    with VSphereConnection(settings_from(args)) as conn:
+        vms = list_vms(conn)
+    if args.json:
+        print_json([v.to_json() for v in vms])
+        return EXIT_OK
+    rows = [
+        [
+            v.name + (" (template)" if v.template else ""),
+            v.power_state,
+            "on" if v.cbt_enabled else ("off" if v.cbt_supported else "unsupported"),
+            str(len(v.snapshots)),
+            ", ".join(f"{d.label} {human_size(d.capacity)}" for d in v.disks),
+        ]
+        for v in vms
+    ]
+    print_table(["VM", "POWER", "CBT", "SNAPSHOTS", "DISKS"], rows)
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    if args.full_every is not None and args.full_every < 1:
+        raise ConfigError("--full-every must be at least 1")
+    vms = list(dict.fromkeys(args.vm))  # each VM once, in the order given
+    points: list[RecoveryPoint] = []
+    failures: list[dict[str, Any]] = []
+    with open_repository(args) as repo, VSphereConnection(settings_from(args)) as conn:
+        for name in vms:
+            try:
+                point, cleanup_error = _back_up_one(repo, conn, name, args)
+            except (SourceError, EngineError, RepositoryError) as exc:
+                if len(vms) == 1:
+                    raise
+                log.error("%s: backup failed: %s", name, exc)
+                failures.append({"vm": name, "error": str(exc)})
+                continue
+            points.append(point)
+            if cleanup_error:
+                failures.append({"vm": name, "error": cleanup_error})
+    if args.json:
+        print_json({"points": [p.summary_json() for p in points], "failures": failures})
+    else:
+        if points:
+            report(points, as_json=False)
+        if len(vms) == 1 and failures:  # the point is committed, but its snapshot stayed behind
+            raise SnapshotError(failures[0]["error"])
+        for failure in failures:
+            print(f"{failure['vm']}: FAILED: {failure['error']}")
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _back_up_one(
+    repo: Repository, conn: VSphereConnection, name: str, args: argparse.Namespace
+) -> tuple[RecoveryPoint, str | None]:
+    """Back up one VM; the point, and why its snapshot could not be removed (if it could not)."""
+    from vmkeep.hypervisors.vsphere.session import VSphereSession
+
+    with VSphereSession(conn, name, quiesce=not args.no_quiesce) as session:
+        point = run_backup(repo, session, args)
+    return point, session.cleanup_error
