@@ -410,7 +410,8 @@ class SimulatorTestApi:
         return [_vm_state(v) for v in self._call("GET", "state").json()["vms"]]
 
     def block_size(self) -> int:
-        return int(self._call("GET", "state", params={"vm": self.states()[0].vm}).json()["block_size"])
+        """The change tracking granularity in bytes."""
+        return int(self._call("GET", "state").json()["block_size"])
 
     # change tracking
     def cbt_reset(self, vm: str, *, key: int | None = None) -> dict[int, str]:

@@ -326,3 +326,19 @@ def test_query_changed_disk_areas_needs_a_session(vcsim: Vcsim) -> None:
     si.content.sessionManager.Logout()
     with pytest.raises(vim.fault.NotAuthenticated):
         vm.QueryChangedDiskAreas(deviceKey=key, startOffset=0, changeId="*")
+
+
+def test_test_api_describes_the_inventory(vcsim: Vcsim) -> None:
+    assert vcsim.api.block_size() == vcsim.endpoint.block_size == 65536
+    states = vcsim.api.states()
+    assert [s.name for s in states] == sorted(["DC0_H0_VM0", "DC0_H0_VM1", "DC0_C0_RP0_VM0", "DC0_C0_RP0_VM1"])
+    si = vcsim.connect()
+    vm = find_vm(si, VM)
+    st = vcsim.api.state(vm._moId)
+    assert st == vcsim.api.state(VM)
+    disk = st.disk()
+    assert disk.key == disks(vm.config)[0].key
+    assert disk.file == disks(vm.config)[0].backing.fileName
+    assert (disk.datastore, disk.flat_path) == ("LocalDS_0", f"{VM}/disk1-flat.vmdk")
+    assert disk.allocated_extents == () and disk.change_id is None
+    assert st.power_state == "poweredOn" and not st.cbt_enabled
