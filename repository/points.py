@@ -112,6 +112,7 @@ class RecoveryPoint:
             "source": self.source,
             "duration": round(self.duration, 3),
             "disks": [d.to_json() for d in self.disks],
+            "hardware": self.hardware,
         }
 
 

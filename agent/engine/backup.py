@@ -132,11 +132,10 @@ class _BackupJob:
                 session, repo, plan, prev_leaves, requested=self.options.sanity_blocks, record=record
             )
             if mismatch is not None:
-                self.progress.warn(f"{session.vm_name} disk {disk.key}: {mismatch}; reading the whole disk")
-                log.warning("%s disk %s: %s", session.vm_name, disk.key, mismatch)
-                plan = plan_disk(session, disk, self.previous, block_size, force_full=mismatch)
+                # Change tracking lied: its allocation map ('*') cannot be trusted either.
+                self.progress.warn(f"{session.vm_name} disk {disk.key}: {mismatch}; reading every block")
+                plan = plan_disk(session, disk, self.previous, block_size, force_full=mismatch, use_allocation=False)
                 prev_leaves = None
-
         elif plan.from_allocation:
             wrong_map = check_unallocated_blocks(session, plan, block_size, record)
             if wrong_map is not None:

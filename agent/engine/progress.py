@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("vmkeep.agent.engine")
+
 
 class Progress:
     """Receives progress events. The base class ignores them all."""
@@ -16,4 +20,5 @@ class Progress:
         """The disk is done."""
 
     def warn(self, message: str) -> None:
-        """Something the administrator must see, such as a failed CBT sanity check."""
+        """Something the administrator must see, such as a failed CBT sanity check (logged here)."""
+        log.warning("%s", message)

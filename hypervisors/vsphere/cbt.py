@@ -15,6 +15,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from ..base import Changes, Extent, FullRead, merge_extents
+from .tasks import fault_message
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,11 @@ def changed_extents(vm: Any, snapshot: Any, device_key: int, capacity: int, chan
                 snapshot=snapshot, deviceKey=device_key, startOffset=offset, changeId=change_id
             )
         except vim.fault.FileFault as exc:
-            return FullRead(f"vCenter refused change id {change_id!r} (CBT reset or disabled): {_msg(exc)}")
+            return FullRead(f"vCenter refused change id {change_id!r} (CBT reset or disabled): {fault_message(exc)}")
         except (vmodl.fault.InvalidArgument, vim.fault.InvalidState, vmodl.fault.NotSupported) as exc:
-            return FullRead(f"change tracking cannot answer for this disk: {type(exc).__name__}: {_msg(exc)}")
+            return FullRead(f"change tracking cannot answer for this disk: {fault_message(exc)}")
         except vmodl.MethodFault as exc:
-            return FullRead(f"QueryChangedDiskAreas failed: {type(exc).__name__}: {_msg(exc)}")
+            return FullRead(f"QueryChangedDiskAreas failed: {fault_message(exc)}")
         calls += 1
         start, length = int(info.startOffset), int(info.length)
         if start != offset or length <= 0 or start + length > capacity:
@@ -53,6 +54,3 @@ def changed_extents(vm: Any, snapshot: Any, device_key: int, capacity: int, chan
     log.debug("QueryChangedDiskAreas(%s, %s): %d extents in %d call(s)", device_key, change_id, len(extents), calls)
     return Changes(merge_extents(extents))
 
-
-def _msg(fault: Any) -> str:
-    return str(getattr(fault, "msg", "") or getattr(fault, "faultMessage", "") or type(fault).__name__)

@@ -116,6 +116,13 @@ def create_spec(
     recorded networks (``old -> new``). MAC addresses are generated anew, so the restored VM
     can run beside the original.
     """
+    recorded_networks = {nic["network"] for nic in hardware.get("nics", [])}
+    unused = sorted(set(network_map) - recorded_networks)
+    if unused:
+        raise RestoreError(
+            f"the recorded VM has no NIC on network {unused[0]!r} "
+            f"(its networks: {', '.join(sorted(recorded_networks)) or 'none'})"
+        )
     changes: list[Any] = []
     controller_keys: dict[int, int] = {}
     for n, ctl in enumerate(hardware.get("controllers", [])):
