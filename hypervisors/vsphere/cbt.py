@@ -53,4 +53,3 @@ def changed_extents(vm: Any, snapshot: Any, device_key: int, capacity: int, chan
         offset = start + length
     log.debug("QueryChangedDiskAreas(%s, %s): %d extents in %d call(s)", device_key, change_id, len(extents), calls)
     return Changes(merge_extents(extents))
-

@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.fixtures.images import Change, make_image, mutate, write_hints
+from tests.fixtures.repos import SMALL_BLOCK, run_vmkeep
 from vmkeep.agent.engine.backup import BackupOptions, backup_vm
 from vmkeep.agent.engine.restore import restore_point_to_dir
 from vmkeep.hypervisors.image.session import ImageSession
 from vmkeep.repository.format import BlobType
 from vmkeep.repository.points import RecoveryPoint
 from vmkeep.repository.repo import Repository
-
-from tests.fixtures.images import Change, make_image, mutate, write_hints
-from tests.fixtures.repos import SMALL_BLOCK, run_vmkeep
 
 
 def backup(repo: Repository, image: Path, hints: Path | None = None, **options: Any) -> RecoveryPoint:

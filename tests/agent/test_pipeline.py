@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+
 from vmkeep.agent.engine.pipeline import ordered_map
 
 

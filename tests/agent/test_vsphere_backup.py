@@ -9,12 +9,12 @@ import random
 from pathlib import Path
 
 from pyVmomi import vim
-from vmkeep.agent.engine.progress import Progress
-from vmkeep.repository.repo import Repository
 
 from tests.fixtures.repos import SMALL_BLOCK
 from tests.fixtures.vcsim import Vcsim, find_vm, wait_task
 from tests.fixtures.vsphere import VM, back_up, blocks_touched, connect, disk_bytes, restored_disks, scribble
+from vmkeep.agent.engine.progress import Progress
+from vmkeep.repository.repo import Repository
 
 MiB = 1 << 20
 

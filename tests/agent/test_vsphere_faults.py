@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from vmkeep.agent.engine.progress import Progress
-from vmkeep.hypervisors.vsphere.exceptions import TransportError
-from vmkeep.repository.repo import Repository
 
 from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 from tests.fixtures.vcsim import Vcsim, find_vm, wait_task
 from tests.fixtures.vsphere import VM, back_up, cli_connection, connect, disk_bytes, restored_disks, run_cli, scribble
+from vmkeep.agent.engine.progress import Progress
+from vmkeep.hypervisors.vsphere.exceptions import TransportError
+from vmkeep.repository.repo import Repository
 
 MiB = 1 << 20
 

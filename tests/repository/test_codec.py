@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from vmkeep.repository.codec import Codec
 from vmkeep.repository.exceptions import CorruptRepository
 from vmkeep.repository.format import FRAME_HEADER_SIZE, BlobType, FrameFlags, FrameHeader, SealedKind

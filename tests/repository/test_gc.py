@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.images import make_image, mutate, write_hints
+from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 from vmkeep.repository.exceptions import RepositoryLocked
 from vmkeep.repository.gc import collect_garbage
 from vmkeep.repository.repo import Repository
 from vmkeep.repository.verify import verify
-
-from tests.fixtures.images import make_image, mutate, write_hints
-from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 
 
 def _backups(repo_path: Path, tmp_path: Path, rounds: int) -> list[tuple[str, bytes]]:

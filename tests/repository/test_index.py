@@ -6,6 +6,7 @@ import os
 import random
 
 import pytest
+
 from vmkeep.repository.exceptions import CorruptRepository
 from vmkeep.repository.format import BlobType
 from vmkeep.repository.index import BlobLocation, BlockIndex, IndexEntry, decode_index, encode_index

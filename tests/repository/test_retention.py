@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from vmkeep.repository.points import RecoveryPoint
 from vmkeep.repository.retention import RetentionPolicy, apply_policy
 

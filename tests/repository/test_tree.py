@@ -6,6 +6,7 @@ import hashlib
 import random
 
 import pytest
+
 from vmkeep.repository.exceptions import CorruptRepository
 from vmkeep.repository.tree import (
     ZERO,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.fixtures.images import make_image, mutate, write_hints
+from tests.fixtures.repos import run_vmkeep
 from vmkeep.repository.format import FRAME_HEADER_SIZE, BlobType, FrameHeader
 from vmkeep.repository.packs import PackBuilder, pack_name, pack_path
 from vmkeep.repository.repo import Repository
 from vmkeep.repository.verify import verify
-
-from tests.fixtures.images import make_image, mutate, write_hints
-from tests.fixtures.repos import run_vmkeep
 
 
 def _two_points(repo_path: Path, tmp_path: Path) -> tuple[str, str]:

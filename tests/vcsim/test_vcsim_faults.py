@@ -11,7 +11,6 @@ import pytest
 import requests
 from pyVmomi import vim, vmodl
 
-from hypervisors.vsphere.simulator import SimulatorError
 from tests.fixtures.vcsim import (
     Vcsim,
     backing_url,
@@ -23,6 +22,7 @@ from tests.fixtures.vcsim import (
     snapshot,
     wait_task,
 )
+from vmkeep.hypervisors.vsphere.simulator import SimulatorError
 
 VM = "DC0_H0_VM0"
 MiB = 1024 * 1024

@@ -20,16 +20,6 @@ import requests
 from pyVim.connect import Connect, Disconnect, SmartConnect
 from pyVmomi import vim
 
-from hypervisors.vsphere.simulator import (
-    PASSWORD_ENV,
-    Simulator,
-    SimulatorError,
-    SimulatorOptions,
-    binary_path,
-    build,
-    needs_build,
-    vcsim_dir,
-)
 from tests.fixtures.vcsim import (
     TlsMaterial,
     Vcsim,
@@ -38,6 +28,16 @@ from tests.fixtures.vcsim import (
     find_vm,
     pid_alive,
     session_cookie,
+)
+from vmkeep.hypervisors.vsphere.simulator import (
+    PASSWORD_ENV,
+    Simulator,
+    SimulatorError,
+    SimulatorOptions,
+    binary_path,
+    build,
+    needs_build,
+    vcsim_dir,
 )
 
 VM = "DC0_H0_VM0"

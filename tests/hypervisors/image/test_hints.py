@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vmkeep.hypervisors.base import Extent
 from vmkeep.hypervisors.image.exceptions import HintsError
 from vmkeep.hypervisors.image.hints import parse_hints

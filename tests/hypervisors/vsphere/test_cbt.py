@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from vmkeep.hypervisors.base import Changes, FullRead
-from vmkeep.hypervisors.vsphere.exceptions import VSphereError
-from vmkeep.hypervisors.vsphere.session import VSphereSession
 
 from tests.fixtures.vcsim import Vcsim, find_vm, wait_task
 from tests.fixtures.vsphere import VM, blocks_touched, connect, scribble
+from vmkeep.hypervisors.base import Changes, FullRead
+from vmkeep.hypervisors.vsphere.exceptions import VSphereError
+from vmkeep.hypervisors.vsphere.session import VSphereSession
 
 
 def test_paged_answers_merge_to_the_same_extents_and_cover_every_write(vcsim: Vcsim) -> None:

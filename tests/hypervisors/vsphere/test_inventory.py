@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 from pyVmomi.SoapAdapter import SoapStubAdapter
-from vmkeep.hypervisors.exceptions import VMNotFound
-from vmkeep.hypervisors.vsphere.inventory import find_vm, list_vms
 
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere import VM, cli_connection, connect, run_cli
+from vmkeep.hypervisors.exceptions import VMNotFound
+from vmkeep.hypervisors.vsphere.inventory import find_vm, list_vms
 
 
 def test_one_round_trip_lists_every_vm_whatever_their_number(
