@@ -6,6 +6,7 @@ Secrets are read once, kept only in memory, and never logged.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ from .exceptions import ConfigError
 
 PASSPHRASE_ENV = "VMKEEP_PASSPHRASE"
 PASSWORD_ENV = "VMKEEP_PASSWORD"
+KEYRING_SERVICE = "vmkeep"
+
+log = logging.getLogger(__name__)
 
 
 def read_secret_file(path: Path, what: str) -> bytes:
@@ -51,12 +55,62 @@ def passphrase(file: Path | None, *, confirm: bool = False, required: bool = Fal
 
 
 def password(file: Path | None, user: str, server: str) -> str:
-    """The vCenter/ESXi password from ``--password-file``, ``VMKEEP_PASSWORD``, or a prompt."""
+    """The vCenter/ESXi password: ``--password-file``, ``VMKEEP_PASSWORD``, the OS keyring, or a prompt."""
     if file is not None:
         return read_secret_file(file, "password").decode()
     env = os.environ.get(PASSWORD_ENV)
     if env:
         return env
+    stored = keyring_password(user, server)
+    if stored:
+        return stored
     if not sys.stdin.isatty():
-        raise ConfigError(f"a password is needed for {user}@{server}: set {PASSWORD_ENV} or pass --password-file")
+        raise ConfigError(
+            f"a password is needed for {user}@{server}: set {PASSWORD_ENV}, pass --password-file, "
+            "or store it with 'vmkeep store-password'"
+        )
     return getpass.getpass(f"password for {user}@{server}: ")
+
+
+def keyring_entry(user: str, server: str) -> str:
+    return f"{user}@{server}"
+
+
+def keyring_password(user: str, server: str) -> str | None:
+    """The password stored in the OS keyring for this user and server, if keyring is installed."""
+    try:
+        import keyring
+        from keyring.errors import KeyringError
+    except ImportError:
+        return None
+    try:
+        value: str | None = keyring.get_password(KEYRING_SERVICE, keyring_entry(user, server))
+    except KeyringError as exc:
+        log.debug("keyring lookup failed: %s", exc)
+        return None
+    return value
+
+
+def store_keyring_password(user: str, server: str, secret: str | None) -> None:
+    """Store (or, with None, delete) the password in the OS keyring."""
+    try:
+        import keyring
+        from keyring.errors import KeyringError, PasswordDeleteError
+    except ImportError:
+        raise ConfigError("the keyring package is not installed (pip install 'vmkeep[keyring]')") from None
+    backend = type(keyring.get_keyring()).__name__
+    if "Plaintext" in backend or "Fail" in backend:
+        log.warning(
+            "the keyring backend %s %s",
+            backend,
+            "cannot store passwords" if "Fail" in backend else "stores passwords unencrypted",
+        )
+    try:
+        if secret is None:
+            keyring.delete_password(KEYRING_SERVICE, keyring_entry(user, server))
+        else:
+            keyring.set_password(KEYRING_SERVICE, keyring_entry(user, server), secret)
+    except PasswordDeleteError:
+        raise ConfigError(f"the keyring holds no password for {user}@{server}") from None
+    except KeyringError as exc:
+        raise ConfigError(f"the OS keyring refused: {exc}") from None

@@ -34,14 +34,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_backup_image)
 
 
-def backup_options(p: argparse.ArgumentParser) -> None:
+def backup_options(p: argparse.ArgumentParser, workers: int | None = None) -> None:
     p.add_argument("--full", action="store_true", help="read every disk in full, whatever change tracking says")
+    workers = workers or os.cpu_count() or 2
     p.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 2,
+        default=workers,
         metavar="N",
-        help="threads that read, hash and compress (default: one per CPU)",
+        help=f"threads that read, hash and compress (default: {workers})",
     )
     p.add_argument(
         "--sanity-blocks",

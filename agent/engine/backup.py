@@ -129,7 +129,13 @@ class _BackupJob:
         if plan.previous is not None:
             prev_leaves = repo.leaf_ids(bytes.fromhex(plan.previous.tree), disk.capacity)
             mismatch = check_unchanged_blocks(
-                session, repo, plan, prev_leaves, requested=self.options.sanity_blocks, record=record
+                session,
+                repo,
+                plan,
+                prev_leaves,
+                requested=self.options.sanity_blocks,
+                record=record,
+                workers=self.options.workers,
             )
             if mismatch is not None:
                 # Change tracking lied: its allocation map ('*') cannot be trusted either.
@@ -137,7 +143,7 @@ class _BackupJob:
                 plan = plan_disk(session, disk, self.previous, block_size, force_full=mismatch, use_allocation=False)
                 prev_leaves = None
         elif plan.from_allocation:
-            wrong_map = check_unallocated_blocks(session, plan, block_size, record)
+            wrong_map = check_unallocated_blocks(session, plan, block_size, record, self.options.workers)
             if wrong_map is not None:
                 self.progress.warn(f"{session.vm_name} disk {disk.key}: {wrong_map}")
                 plan = plan_disk(session, disk, self.previous, block_size, force_full=plan.reason, use_allocation=False)

@@ -13,6 +13,7 @@ from vmkeep.repository.points import DiskRecord
 from vmkeep.repository.repo import Repository
 from vmkeep.repository.tree import leaf_refs
 
+from .pipeline import ordered_map
 from .plan import DiskPlan, complement
 from .zeros import is_zero
 
@@ -34,6 +35,7 @@ def check_unchanged_blocks(
     *,
     requested: int | None,
     record: DiskRecord,
+    workers: int = 4,
 ) -> str | None:
     """Return why the change list cannot be trusted, or None if the sample matched.
 
@@ -49,15 +51,19 @@ def check_unchanged_blocks(
     chosen = sorted(_pick(unchanged, count, rng))
     block_size = repo.config.block_size
     leaf_cache: dict[int, list[bytes]] = {}
-    for block in chosen:
+
+    def read_id(block: int) -> tuple[int, int, bytes]:
+        offset = block * block_size
+        data = session.read(disk, offset, min(block_size, disk.capacity - offset))
+        return block, len(data), FORMAT.ZERO_ID if is_zero(data) else repo.codec.blob_id(data)
+
+    for block, nbytes, actual in ordered_map(read_id, chosen, workers, 2 * workers):
         leaf = block // geometry.fanout
         if leaf not in leaf_cache:
             leaf_cache[leaf] = leaf_refs(prev_leaves[leaf], geometry, leaf, repo.read_blob)
         expected = leaf_cache[leaf][block - leaf * geometry.fanout]
         offset = block * block_size
-        data = session.read(disk, offset, min(block_size, disk.capacity - offset))
-        record.read_bytes += len(data)
-        actual = FORMAT.ZERO_ID if is_zero(data) else repo.codec.blob_id(data)
+        record.read_bytes += nbytes
         if actual != expected:
             return (
                 f"change tracking reported block {block} (offset {offset}) unchanged, but it differs "
@@ -83,7 +89,9 @@ def _pick(runs: list[range], count: int, rng: random.Random) -> set[int]:
     return chosen
 
 
-def check_unallocated_blocks(session: BackupSession, plan: DiskPlan, block_size: int, record: DiskRecord) -> str | None:
+def check_unallocated_blocks(
+    session: BackupSession, plan: DiskPlan, block_size: int, record: DiskRecord, workers: int = 4
+) -> str | None:
     """For a full read limited to an allocation map: re-read a sample of the blocks it calls
     unused, which must be zeros. Return why the map cannot be trusted, or None.
     """
@@ -91,11 +99,18 @@ def check_unallocated_blocks(session: BackupSession, plan: DiskPlan, block_size:
     nblocks = -(-disk.capacity // block_size)
     unused = complement(plan.runs, nblocks)
     count = sample_size(sum(len(r) for r in unused), None)
-    for block in sorted(_pick(unused, count, random.Random())):
+
+    def read_zero(block: int) -> tuple[int, int, bool]:
         offset = block * block_size
         data = session.read(disk, offset, min(block_size, disk.capacity - offset))
-        record.read_bytes += len(data)
-        if not is_zero(data):
+        return block, len(data), is_zero(data)
+
+    for block, nbytes, zero in ordered_map(
+        read_zero, sorted(_pick(unused, count, random.Random())), workers, 2 * workers
+    ):
+        offset = block * block_size
+        record.read_bytes += nbytes
+        if not zero:
             return (
                 f"the allocation map calls block {block} (offset {offset}) unused, but it holds data; "
                 "reading every block"

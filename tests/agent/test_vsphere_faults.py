@@ -195,3 +195,17 @@ def test_an_expired_session_is_renewed(vcsim_factory, repo: Repository, tmp_path
         time.sleep(2.5)  # the session expires (the keep-alive runs every 5 minutes)
         point = back_up(conn, repo)
     assert point.disks[0].mode == "incremental"
+
+
+def test_password_from_the_os_keyring(vcsim: Vcsim, cli_repo: Path, tmp_path: Path) -> None:
+    """keyrings.alt's file backend stands in for a desktop keyring, which CI machines do not run."""
+    env = {"PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring", "XDG_DATA_HOME": str(tmp_path / "data")}
+    server = f"{vcsim.host}:{vcsim.port}"
+    stored = run_vmkeep("store-password", "--vcenter", server, "--user", vcsim.user, env=env, stdin=vcsim.password)
+    assert stored.code == 0, stored.err
+    assert "stores passwords unencrypted" in stored.err  # the administrator is told
+    backup = run_vmkeep("backup", *cli_connection(vcsim), "--vm", VM, "--repo", cli_repo, env=env)
+    assert backup.code == 0, backup.err
+    assert run_vmkeep("store-password", "--vcenter", server, "--user", vcsim.user, "--delete", env=env).code == 0
+    missing = run_vmkeep("backup", *cli_connection(vcsim), "--vm", VM, "--repo", cli_repo, env=env)
+    assert_one_line_error(missing, "vmkeep store-password")
