@@ -111,7 +111,6 @@ def write_sample_disk(write: Callable[[int, bytes], None], size: int, seed: int 
 
 
 def run_vsphere_demo(workdir: Path | None, size: int, say: Callable[[str], None]) -> DemoResult:
-    from vmkeep.hypervisors.base import DiskImage
     from vmkeep.hypervisors.vsphere.connection import ConnectionSettings, VSphereConnection
     from vmkeep.hypervisors.vsphere.restore import RestoreTarget, restore_vm
     from vmkeep.hypervisors.vsphere.session import VSphereSession
@@ -119,7 +118,7 @@ def run_vsphere_demo(workdir: Path | None, size: int, say: Callable[[str], None]
     from vmkeep.hypervisors.vsphere.simulator_tls import make_tls_material
     from vmkeep.hypervisors.vsphere.tls import TlsPolicy
 
-    from .engine.restore import iter_disk_stream
+    from .engine.restore import disk_images
 
     base = _fresh_workdir(workdir)
     result = DemoResult(str(base))
@@ -168,8 +167,8 @@ def run_vsphere_demo(workdir: Path | None, size: int, say: Callable[[str], None]
             step("snapshots", "every backup snapshot was removed", ok=api.state(vm_name).snapshots == ())
 
             latest = points[-1]
-            disk_images = [DiskImage(d.key, d.capacity, lambda d=d: iter_disk_stream(repo, d, 2)) for d in latest.disks]
-            restored = restore_vm(conn, latest.hardware, disk_images, RestoreTarget(f"{vm_name}-restored", "LocalDS_0"))
+            target = RestoreTarget(f"{vm_name}-restored", "LocalDS_0")
+            restored = restore_vm(conn, latest.hardware, disk_images(repo, latest, 2), target)
             same = api.read(restored.name, 0, size) == images[-1]
             step(
                 "restore to host",

@@ -21,6 +21,7 @@ from .packs import PackBuilder, pack_name, pack_path
 
 INDEX_DIR = "index"
 INDEX_EVERY = 50_000  # entries per index file (about 3 MB before compression)
+PACK_WRITERS = 2  # one pack's fsync overlaps the next one's write
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,11 @@ class WriteStats:
     packs: int = 0
 
 
-_FLUSH_INDEX = object()
-
-
 class BlobWriter:
-    """New blobs of one job. ``add`` is called from one thread; packs are written by another."""
+    """New blobs of one job. ``add`` is called from one thread; packs are written by two others.
+
+    At most two finished packs wait in the queue, so memory stays at a few packs' worth.
+    """
 
     def __init__(self, backend: Backend, codec: Codec, index: BlockIndex, pack_size: int) -> None:
         self._backend = backend
@@ -48,12 +49,15 @@ class BlobWriter:
         self._pending: set[bytes] = set()
         self._unindexed: dict[str, list[IndexEntry]] = {}
         self._unindexed_count = 0
-        self._queue: queue.Queue[PackBuilder | object | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[PackBuilder | None] = queue.Queue(maxsize=PACK_WRITERS)
         self._error: BaseException | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards stats, the unindexed entries and index writes
         self.stats = WriteStats()
-        self._thread = threading.Thread(target=self._run, name="vmkeep-pack-writer", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"vmkeep-pack-writer-{n}", daemon=True) for n in range(PACK_WRITERS)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # -- producer side ----------------------------------------------------------------------
 
@@ -91,17 +95,20 @@ class BlobWriter:
             if not builder.empty:
                 self._builders[blob_type] = PackBuilder(self._pack_size)
                 self._put(builder)
-        self._put(_FLUSH_INDEX)
-        self._queue.join()
+        self._queue.join()  # every pack is durable: only now may the last index name them
         self._raise_error()
+        with self._lock:
+            self._write_index()
 
     def close(self) -> None:
-        """Stop the pack writer. Blobs added since the last flush are dropped."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        """Stop the pack writers. Blobs added since the last flush are dropped."""
+        for thread in self._threads:
+            if thread.is_alive():
+                self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
 
-    def _put(self, item: PackBuilder | object) -> None:
+    def _put(self, item: PackBuilder) -> None:
         self._raise_error()
         self._queue.put(item)
 
@@ -109,7 +116,7 @@ class BlobWriter:
         if self._error is not None:
             raise self._error
 
-    # -- pack writer thread -----------------------------------------------------------------
+    # -- pack writer threads ----------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
@@ -117,11 +124,7 @@ class BlobWriter:
             try:
                 if item is None:
                     return
-                if self._error is not None:
-                    continue  # drain, so the producer never blocks on a dead writer
-                if item is _FLUSH_INDEX:
-                    self._write_index()
-                elif isinstance(item, PackBuilder):
+                if self._error is None:  # after an error, drain so the producer never blocks
                     self._write_pack(item)
             except BaseException as exc:
                 self._error = exc
@@ -130,16 +133,18 @@ class BlobWriter:
 
     def _write_pack(self, builder: PackBuilder) -> None:
         name = pack_name(builder.chunks)
-        self._backend.write(pack_path(name), builder.chunks)
-        self.stats.packs += 1
-        self._unindexed[name] = builder.entries
-        self._unindexed_count += len(builder.entries)
-        for entry in builder.entries:
-            self._index.add(BlobLocation(name, entry))
-        if self._unindexed_count >= INDEX_EVERY:
-            self._write_index()
+        self._backend.write(pack_path(name), builder.chunks)  # durable when it returns
+        with self._lock:
+            self.stats.packs += 1
+            self._unindexed[name] = builder.entries
+            self._unindexed_count += len(builder.entries)
+            for entry in builder.entries:
+                self._index.add(BlobLocation(name, entry))
+            if self._unindexed_count >= INDEX_EVERY:  # names only packs already durable
+                self._write_index()
 
     def _write_index(self) -> None:
+        """Write an index naming the durable packs not yet indexed. Caller holds the lock."""
         if not self._unindexed:
             return
         write_index_file(self._backend, self._codec, self._unindexed)

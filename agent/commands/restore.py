@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..engine.restore import iter_disk_stream, restore_point_to_dir
+from ..engine.restore import disk_images, restore_point_to_dir
 from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from ..terminal import TerminalProgress
@@ -74,7 +74,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def restore_to_host(args: argparse.Namespace) -> int:
-    from vmkeep.hypervisors.base import DiskImage
     from vmkeep.hypervisors.vsphere.connection import VSphereConnection
     from vmkeep.hypervisors.vsphere.restore import RestoreTarget, restore_vm
 
@@ -102,10 +101,7 @@ def restore_to_host(args: argparse.Namespace) -> int:
             power_on=args.power_on,
             verify=not args.no_verify,
         )
-        images = [
-            DiskImage(d.key, d.capacity, lambda d=d: iter_disk_stream(repo, d, workers))  # type: ignore[misc]
-            for d in point.disks
-        ]
+        images = disk_images(repo, point, workers)
         progress = TerminalProgress(quiet=args.quiet)
         progress.disk_started(point.vm, "all disks", sum(d.capacity for d in point.disks), "upload", None)
         with VSphereConnection(settings_from(args)) as conn:

@@ -10,9 +10,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vmkeep.hypervisors.exceptions import SourceError
 from vmkeep.repository.exceptions import RepositoryError

@@ -11,8 +11,10 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from vmkeep.hypervisors.base import DiskImage
 from vmkeep.repository.format import FORMAT
 from vmkeep.repository.points import DiskRecord, RecoveryPoint
 from vmkeep.repository.repo import Repository
@@ -70,6 +72,11 @@ def iter_disk_stream(repo: Repository, disk: DiskRecord, workers: int) -> Iterat
         yield data
         position = offset + len(data)
     yield from zeros(position, disk.capacity)
+
+
+def disk_images(repo: Repository, point: RecoveryPoint, workers: int) -> list[DiskImage]:
+    """The point's disks as restartable byte streams, for a restore to a host."""
+    return [DiskImage(d.key, d.capacity, partial(iter_disk_stream, repo, d, workers)) for d in point.disks]
 
 
 def restore_disk_to_file(

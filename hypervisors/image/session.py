@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
-from ..base import BackupSession, Changes, DiskInfo, FullRead
+from ..base import BackupSession, Changes, DiskInfo, Extent, FullRead
 from .exceptions import ImageError
 from .hints import load_hints
 
@@ -47,6 +48,28 @@ class ImageSession(BackupSession):
         if self._hints is None:
             return FullRead("no change hints given: reading the whole image")
         return Changes(self._hints)
+
+    def allocated(self, disk: DiskInfo) -> list[Extent] | None:
+        """The file's data extents (SEEK_DATA/SEEK_HOLE): a full read skips the holes of a sparse image.
+
+        None where the file system or device cannot tell (then every block is read).
+        """
+        extents: list[Extent] = []
+        pos = 0
+        try:
+            while pos < disk.capacity:
+                try:
+                    start = os.lseek(self._fd, pos, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:  # no data after pos
+                        break
+                    raise
+                end = min(os.lseek(self._fd, start, os.SEEK_HOLE), disk.capacity)
+                extents.append(Extent(start, end - start))
+                pos = end
+        except OSError:
+            return None
+        return extents
 
     def read(self, disk: DiskInfo, offset: int, length: int) -> bytes:
         try:

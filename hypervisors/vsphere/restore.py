@@ -124,7 +124,12 @@ def _find_datastore(conn: VSphereConnection, name: str) -> tuple[Any, Any]:
 
 
 def _placement(datacenter: Any, datastore: Any, host_name: str | None) -> tuple[Any, Any]:
+    # Hosts that mount the datastore, by either side of the relation (simulators fill in only one).
     hosts = [mount.key for mount in datastore.host or []]
+    known = {h._moId for h in hosts}
+    for host in _hosts(datacenter):
+        if host._moId not in known and any(ds._moId == datastore._moId for ds in host.datastore or []):
+            hosts.append(host)
     if host_name is not None:
         hosts = [h for h in hosts if h.name == host_name]
         if not hosts:
@@ -134,6 +139,19 @@ def _placement(datacenter: Any, datastore: Any, host_name: str | None) -> tuple[
         raise RestoreError(f"no connected host outside maintenance mode sees datastore {datastore.name!r}")
     host = hosts[0]
     return host, host.parent.resourcePool
+
+
+def _hosts(datacenter: Any) -> list[Any]:
+    """Every host of the datacenter, in clusters and standalone, through nested folders."""
+    hosts: list[Any] = []
+    stack: list[Any] = [datacenter.hostFolder]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, vim.Folder):
+            stack.extend(obj.childEntity)
+        elif isinstance(obj, vim.ComputeResource):
+            hosts.extend(obj.host)
+    return hosts
 
 
 def _find_folder(datacenter: Any, path: str | None) -> Any:

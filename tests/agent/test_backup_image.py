@@ -146,3 +146,19 @@ def test_encrypted_repository_round_trip_through_the_cli(tmp_path: Path) -> None
     for f in repo.rglob("*"):
         if f.is_file() and f.stat().st_size:
             assert b"quick brown fox" not in f.read_bytes(), f
+
+
+def test_full_read_of_a_sparse_image_skips_its_holes(repo: Repository, tmp_path: Path) -> None:
+    image = tmp_path / "sparse.img"
+    with image.open("wb") as f:
+        f.truncate(256 * SMALL_BLOCK)
+        for offset in (10 * SMALL_BLOCK + 5, 200 * SMALL_BLOCK):
+            f.seek(offset)
+            f.write(b"data" * 30_000)  # 120,000 bytes: blocks 10-11 and 200-201
+    point = backup(repo, image)
+    disk = point.disks[0]
+    assert disk.mode == "full"
+    # The four data blocks, plus a sample of 8 blocks from the holes (they must read as zeros).
+    assert disk.changed_blocks == 4
+    assert disk.read_bytes == (4 + 8) * SMALL_BLOCK
+    assert restore_bytes(repo, point.id, tmp_path) == image.read_bytes()

@@ -152,3 +152,18 @@ def test_a_failed_upload_removes_the_half_restored_vm(vcsim: Vcsim, backed_up) -
     result = _restore(vcsim, repo, "--name", "doomed")
     assert_one_line_error(result, "gave up after 5 attempts")
     assert "doomed" not in {v.name for v in vcsim.api.states()}
+
+
+def test_restore_into_a_folder_on_a_chosen_host(vcsim: Vcsim, backed_up) -> None:  # type: ignore[no-untyped-def]
+    repo, _, _ = backed_up
+    si = vcsim.connect()
+    datacenter = si.content.rootFolder.childEntity[0]
+    datacenter.vmFolder.CreateFolder("restored").CreateFolder("2026")
+    host = find_vm(si, VM).runtime.host.name
+    result = _restore(vcsim, repo, "--name", "in-folder", "--folder", "restored/2026", "--esx-host", host)
+    assert result.code == 0, result.err
+    vm = find_vm(vcsim.connect(), "in-folder")
+    assert vm.parent.name == "2026" and vm.parent.parent.name == "restored"
+    assert vm.runtime.host.name == host
+    assert_one_line_error(_restore(vcsim, repo, "--name", "x", "--folder", "nowhere"), "no VM folder 'nowhere'")
+    assert_one_line_error(_restore(vcsim, repo, "--name", "y", "--esx-host", "nohost"), "no host named 'nohost'")
