@@ -43,7 +43,13 @@ class DemoStep:
 @dataclass
 class DemoResult:
     workdir: str
+    say: Callable[[str], None] = field(default=print, repr=False)
     steps: list[DemoStep] = field(default_factory=list)
+
+    def step(self, what: str, detail: str, ok: bool = True) -> None:
+        """Record a step and tell the user about it."""
+        self.steps.append(DemoStep(what, detail, ok))
+        self.say(f"{'ok ' if ok else 'FAIL'} {what}: {detail}")
 
     @property
     def ok(self) -> bool:
@@ -121,11 +127,8 @@ def run_vsphere_demo(workdir: Path | None, size: int, say: Callable[[str], None]
     from .engine.restore import disk_images
 
     base = _fresh_workdir(workdir)
-    result = DemoResult(str(base))
-
-    def step(what: str, detail: str, ok: bool = True) -> None:
-        result.steps.append(DemoStep(what, detail, ok))
-        say(f"{'ok ' if ok else 'FAIL'} {what}: {detail}")
+    result = DemoResult(str(base), say)
+    step = result.step
 
     if needs_build():
         say("building vcsim/ (the first build takes about half a minute)...")
@@ -201,11 +204,8 @@ def _fresh_workdir(workdir: Path | None) -> Path:
 
 def run_image_demo(workdir: Path | None, size: int, say: Callable[[str], None]) -> DemoResult:
     base = _fresh_workdir(workdir)
-    result = DemoResult(str(base))
-
-    def step(what: str, detail: str, ok: bool = True) -> None:
-        result.steps.append(DemoStep(what, detail, ok))
-        say(f"{'ok ' if ok else 'FAIL'} {what}: {detail}")
+    result = DemoResult(str(base), say)
+    step = result.step
 
     image, repo_dir = base / "demo-disk.img", base / "repo"
     make_sample_image(image, size)

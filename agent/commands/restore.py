@@ -11,6 +11,7 @@ from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from ..terminal import TerminalProgress
 from .common import EXIT_OK, json_option, open_repository, repo_options
+from .vsphere import tls_options
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,10 +34,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     host.add_argument("--to-host", dest="server", metavar="URL", help="vCenter or ESXi address or URL")
     host.add_argument("--user", "-u", help="vSphere user")
     host.add_argument("--password-file", type=Path, metavar="FILE", help="vSphere password file ($VMKEEP_PASSWORD)")
-    tls = host.add_mutually_exclusive_group()
-    tls.add_argument("--ca-file", type=Path, metavar="FILE", help="trust the CA certificates in FILE (PEM)")
-    tls.add_argument("--thumbprint", metavar="HEX", help="trust exactly the certificate with this thumbprint")
-    tls.add_argument("--insecure", action="store_true", help="do NOT verify the server's certificate (dangerous)")
+    tls_options(host)
     host.add_argument("--datastore", metavar="DS", help="datastore for the new VM's files")
     host.add_argument("--name", metavar="NAME", help="name of the new VM (default: the recorded name + '-restored')")
     host.add_argument("--folder", metavar="PATH", help="VM folder below the datacenter's, e.g. restored/2026")

@@ -39,6 +39,10 @@ def connection_options(p: argparse.ArgumentParser, server_flag: str = "--vcenter
         metavar="FILE",
         help="read the vSphere password from FILE (default: $VMKEEP_PASSWORD, else a prompt)",
     )
+    tls_options(p)
+
+
+def tls_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     tls = p.add_mutually_exclusive_group()
     tls.add_argument("--ca-file", type=Path, metavar="FILE", help="trust the CA certificates in FILE (PEM)")
     tls.add_argument(
