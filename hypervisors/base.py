@@ -76,7 +76,11 @@ class BackupSession(ABC):
         return {}
 
     def source_info(self) -> dict[str, Any]:
-        """Where the backup came from, recorded in the point (no secrets)."""
+        """Where the backup came from, recorded in the point (no secrets).
+
+        ``type`` names the kind of source; ``chain``, if given, identifies the VM beyond its
+        name, so that only points of the same VM serve as the base of an incremental.
+        """
         return {}
 
     @abstractmethod

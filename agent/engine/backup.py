@@ -86,17 +86,33 @@ def backup_vm(
         job.writer.close()
 
 
+def same_chain(point: RecoveryPoint, source: dict[str, object]) -> bool:
+    """Whether ``point`` was made from the same VM as ``source`` describes.
+
+    Same name and kind of source, and, where both record one, the same ``chain`` (the vSphere
+    VM's instance uuid, an image's path): two VMs of one name on two vCenters keep two chains.
+    """
+    if point.source.get("type") != source.get("type"):
+        return False
+    theirs, ours = point.source.get("chain"), source.get("chain")
+    return theirs is None or ours is None or theirs == ours
+
+
+def chain_points(repo: Repository, session: BackupSession) -> list[RecoveryPoint]:
+    """Earlier points of the VM behind ``session``, oldest first."""
+    source = session.source_info()
+    return [p for p in repo.points(session.vm_name) if same_chain(p, source)]
+
+
 def previous_point(repo: Repository, session: BackupSession) -> RecoveryPoint | None:
-    """The newest point of the same VM from the same kind of source: the base of an incremental."""
-    source_type = session.source_info().get("type")
-    points = [p for p in repo.points(session.vm_name) if p.source.get("type") == source_type]
+    """The newest point of the same VM: the base of an incremental."""
+    points = chain_points(repo, session)
     return points[-1] if points else None
 
 
 def periodic_full_reason(repo: Repository, session: BackupSession, every: int) -> str | None:
     """Why this backup must be an active full under ``--full-every``, or None."""
-    source_type = session.source_info().get("type")
-    points = [p for p in repo.points(session.vm_name) if p.source.get("type") == source_type]
+    points = chain_points(repo, session)
     since_full = 0
     for point in reversed(points):
         if point.kind == "full":

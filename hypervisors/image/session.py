@@ -78,7 +78,8 @@ class ImageSession(BackupSession):
             raise ImageError(f"reading {self.path} at {offset}: {exc.strerror}") from None
 
     def source_info(self) -> dict[str, Any]:
-        return {"type": "image", "path": str(self.path.resolve())}
+        path = str(self.path.resolve())
+        return {"type": "image", "path": path, "chain": path}
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -100,6 +100,7 @@ class VSphereSession(BackupSession):
             "server": self.conn.host,
             "vm_moref": self.moref,
             "instance_uuid": self.instance_uuid,
+            "chain": self.instance_uuid,
             "snapshot": self.snapshot_name,
         }
 

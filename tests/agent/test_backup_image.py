@@ -162,3 +162,14 @@ def test_full_read_of_a_sparse_image_skips_its_holes(repo: Repository, tmp_path:
     assert disk.changed_blocks == 4
     assert disk.read_bytes == (4 + 8) * SMALL_BLOCK
     assert restore_bytes(repo, point.id, tmp_path) == image.read_bytes()
+
+
+def test_two_images_of_one_name_keep_two_chains(repo: Repository, tmp_path: Path) -> None:
+    a = make_image(tmp_path / "a.img", 1_000_000, seed=21)
+    b = make_image(tmp_path / "b.img", 1_000_000, seed=22)
+    backup(repo, a)
+    backup(repo, b)  # same VM name "vm", another image: its own full
+    hints = write_hints(tmp_path / "h.json", mutate(a, 1, seed=23, max_len=1000))
+    point = backup(repo, a, hints)
+    assert point.disks[0].mode == "incremental"  # based on a's point, not on b's newer one
+    assert restore_bytes(repo, point.id, tmp_path) == a.read_bytes()
