@@ -34,12 +34,20 @@ class FileInfo:
 class Backend(ABC):
     """Named immutable files. ``write`` is atomic and durable when it returns."""
 
-    def write(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
+    def write(self, name: str, chunks: Iterable[bytes | memoryview], *, defer_sync: bool = False) -> None:
+        """Write ``name`` atomically. Durable when this returns, or, with ``defer_sync``, after ``sync()``."""
         self._check(name)
         try:
-            self._write(name, chunks)
+            self._write(name, chunks, defer_sync)
         except OSError as exc:
             raise _translate(exc, f"writing {name}") from exc
+
+    def sync(self) -> None:
+        """Make every write made with ``defer_sync`` durable."""
+        try:
+            self._sync()
+        except OSError as exc:
+            raise _translate(exc, "syncing the repository") from exc
 
     def read(self, name: str, offset: int = 0, length: int = -1) -> bytes:
         self._check(name)
@@ -78,7 +86,10 @@ class Backend(ABC):
             raise ValueError(f"invalid repository file name {name!r}")
 
     @abstractmethod
-    def _write(self, name: str, chunks: Iterable[bytes | memoryview]) -> None: ...
+    def _write(self, name: str, chunks: Iterable[bytes | memoryview], defer_sync: bool) -> None: ...
+
+    def _sync(self) -> None:  # noqa: B027 - backends whose writes are always durable need nothing
+        """Finish the deferred part of durable writes."""
 
     @abstractmethod
     @abstractmethod
@@ -103,13 +114,14 @@ class LocalBackend(Backend):
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._unsynced_dirs: set[Path] = set()  # directories holding renames not yet fsync'ed
         self._fds: OrderedDict[str, list[int]] = OrderedDict()  # name -> [fd, users]
         self._lock = threading.Lock()
 
     def _path(self, name: str) -> Path:
         return self.root.joinpath(*name.split("/"))
 
-    def _write(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
+    def _write(self, name: str, chunks: Iterable[bytes | memoryview], defer_sync: bool) -> None:
         final = self._path(name)
         tmpdir = self.root / "tmp"
         tmp = tmpdir / f"{secrets.token_hex(8)}.tmp"
@@ -130,7 +142,19 @@ class LocalBackend(Backend):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(final.parent)
+        if defer_sync:
+            # The content is on disk; its name becomes durable at sync(). On ext4 each directory
+            # fsync is a journal commit, and one commit covers every rename made before it.
+            with self._lock:
+                self._unsynced_dirs.add(final.parent)
+        else:
+            _fsync_dir(final.parent)
+
+    def _sync(self) -> None:
+        with self._lock:
+            dirs, self._unsynced_dirs = self._unsynced_dirs, set()
+        for directory in sorted(dirs):
+            _fsync_dir(directory)
 
     def _read(self, name: str, offset: int, length: int) -> bytes:
         fd = self._acquire(name)

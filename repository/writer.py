@@ -133,7 +133,7 @@ class BlobWriter:
 
     def _write_pack(self, builder: PackBuilder) -> None:
         name = pack_name(builder.chunks)
-        self._backend.write(pack_path(name), builder.chunks)  # durable when it returns
+        self._backend.write(pack_path(name), builder.chunks, defer_sync=True)  # durable at backend.sync()
         with self._lock:
             self.stats.packs += 1
             self._unindexed[name] = builder.entries
@@ -144,9 +144,10 @@ class BlobWriter:
                 self._write_index()
 
     def _write_index(self) -> None:
-        """Write an index naming the durable packs not yet indexed. Caller holds the lock."""
+        """Write an index naming the packs written so far. Caller holds the lock."""
         if not self._unindexed:
             return
+        self._backend.sync()  # the packs' names are durable before an index names them
         write_index_file(self._backend, self._codec, self._unindexed)
         self._unindexed = {}
         self._unindexed_count = 0
