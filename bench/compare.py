@@ -16,10 +16,11 @@ fsyncs what it writes before it reports success; restic (0.14) and borg's extrac
 gigabytes still dirty in the page cache, and their write-back would otherwise be charged to
 whatever runs next.
 
-Each tool runs that whole sequence ``--rounds`` times in fresh directories, and each operation
-reports its best round: on virtual machines with a discarding file system, the write-back and
-TRIM of one run's files lands on whatever runs next, and one round can be twice as slow as
-another for reasons that have nothing to do with the tool.
+Each tool runs that whole sequence ``--rounds`` times in fresh directories, in an order that
+rotates from round to round, and each operation reports its best round: on virtual machines
+with a discarding file system, the write-back and TRIM of one run's files lands on whatever
+runs next, and one round can be twice as slow as another for reasons that have nothing to do
+with the tool.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class Bench:
             print(f"round {n + 1} of {rounds}:", flush=True)
             zstd = ["zstd", "-1", "-T2", "-q", "-f", "-c", str(self.original)]  # to /dev/null: nothing to sync
             self.record("zstd -1 -T2", "compress", *timed(zstd, durable=False), self.size)
-            for tool in tools:
+            # Rotate the order each round: whoever runs first after a round's deletions runs slower.
+            for tool in tools[n % len(tools) :] + tools[: n % len(tools)]:
                 self.round_dir = self.work / f"{tool}-{n}"
                 self.round_dir.mkdir()
                 shutil.copyfile(self.original, self.image)
@@ -132,7 +134,7 @@ class Bench:
                 getattr(self, f"restore_{name}")(digest)
                 shutil.rmtree(self.round_dir)
                 os.sync()
-                time.sleep(2)  # let the file system finish discarding what was deleted
+                time.sleep(5)  # let the file system finish discarding (TRIM) what was deleted
 
     def best(self) -> list[Run]:
         out: dict[tuple[str, str], Run] = {}

@@ -55,3 +55,14 @@ def test_backup_onto_a_full_disk_fails_cleanly(small_fs: Path, tmp_path: Path) -
     assert run_vmkeep("gc", "--repo", repo).code == 0
     small.write_bytes(small.read_bytes()[::-1])
     assert run_vmkeep("backup-image", small, "--repo", repo).code == 0
+
+
+def test_restore_onto_a_file_system_without_direct_io(small_fs: Path, tmp_path: Path) -> None:
+    """tmpfs refuses O_DIRECT: the restore falls back to writing through the page cache."""
+    repo = tmp_path / "repo"
+    assert run_vmkeep("init", repo, "--block-size", "64K").code == 0
+    image = make_image(tmp_path / "odd.img", 1_000_003, seed=5)  # a short last block too
+    assert run_vmkeep("backup-image", image, "--repo", repo).code == 0
+    restored = run_vmkeep("restore", "latest", "--repo", repo, "--to-dir", small_fs / "out", "--json")
+    assert restored.code == 0, restored.err
+    assert Path(json.loads(restored.out)["disks"][0]["path"]).read_bytes() == image.read_bytes()
