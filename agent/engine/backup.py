@@ -9,7 +9,6 @@ complete list of references (a synthetic full) however little was read.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -32,7 +31,6 @@ from .sanity import check_unallocated_blocks, check_unchanged_blocks
 from .zeros import is_zero
 
 ZERO = FORMAT.ZERO_ID
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,14 +128,15 @@ class _BackupJob:
         self.options = options
         self.progress = progress
         self.previous = previous_point(repo, session)
-        if options.full_reason is None and options.full_every is not None:
-            options.full_reason = periodic_full_reason(repo, session, options.full_every)
+        self.full_reason = options.full_reason
+        if self.full_reason is None and options.full_every is not None:
+            self.full_reason = periodic_full_reason(repo, session, options.full_every)
         self.writer = repo.writer()
 
     def back_up_disk(self, disk: DiskInfo) -> DiskRecord:
         session, repo = self.session, self.repo
         block_size = repo.config.block_size
-        plan = plan_disk(session, disk, self.previous, block_size, force_full=self.options.full_reason)
+        plan = plan_disk(session, disk, self.previous, block_size, force_full=self.full_reason)
         record = DiskRecord(key=disk.key, capacity=disk.capacity, tree="", change_token=disk.change_token)
         record.identity = dict(disk.identity)
 
