@@ -176,6 +176,7 @@ class LocalBackend(Backend):
         stage: mmap.mmap | None = getattr(self._stage, "buffer", None)
         if stage is None:
             stage = self._stage.buffer = mmap.mmap(-1, self.STAGE)  # page-aligned
+        refused = False
         try:
             offset = filled = 0
             with memoryview(stage) as staged:
@@ -195,14 +196,15 @@ class LocalBackend(Backend):
             os.ftruncate(fd, offset + filled)  # drop the padding
             os.fsync(fd)
         except OSError as exc:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
             if exc.errno != errno.EINVAL:
                 raise
-            self._direct = False  # e.g. a device block larger than the alignment: write it buffered
-            return False
-        os.close(fd)
-        return True
+            refused = True  # e.g. a device block larger than the alignment: write it buffered
+        finally:
+            os.close(fd)
+        if refused:
+            tmp.unlink(missing_ok=True)
+            self._direct = False
+        return not refused
 
     def _sync(self) -> None:
         with self._lock:
