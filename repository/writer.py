@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from dataclasses import dataclass
 
 from .backend import Backend
 from .codec import Codec
@@ -24,14 +23,6 @@ INDEX_EVERY = 50_000  # entries per index file (about 3 MB before compression)
 PACK_WRITERS = 2  # one pack's fsync overlaps the next one's write
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WriteStats:
-    blobs: int = 0
-    raw_bytes: int = 0
-    stored_bytes: int = 0
-    packs: int = 0
 
 
 class BlobWriter:
@@ -51,8 +42,7 @@ class BlobWriter:
         self._unindexed_count = 0
         self._queue: queue.Queue[PackBuilder | None] = queue.Queue(maxsize=PACK_WRITERS)
         self._error: BaseException | None = None
-        self._lock = threading.Lock()  # guards stats, the unindexed entries and index writes
-        self.stats = WriteStats()
+        self._lock = threading.Lock()  # guards the unindexed entries and index writes
         self._threads = [
             threading.Thread(target=self._run, name=f"vmkeep-pack-writer-{n}", daemon=True) for n in range(PACK_WRITERS)
         ]
@@ -74,9 +64,6 @@ class BlobWriter:
         self._pending.add(header.blob_id)
         builder = self._builders[header.blob_type]
         builder.add(header, frame)
-        self.stats.blobs += 1
-        self.stats.raw_bytes += header.raw_len
-        self.stats.stored_bytes += len(frame)
         if builder.full:
             self._builders[header.blob_type] = PackBuilder(self._pack_size)
             self._put(builder)
@@ -135,7 +122,6 @@ class BlobWriter:
         name = pack_name(builder.chunks)
         self._backend.write(pack_path(name), builder.chunks, defer_sync=True)  # durable at backend.sync()
         with self._lock:
-            self.stats.packs += 1
             self._unindexed[name] = builder.entries
             self._unindexed_count += len(builder.entries)
             for entry in builder.entries:
