@@ -33,8 +33,8 @@ def _start_backup(image: Path, repo: Path) -> subprocess.Popen[bytes]:
 
 
 def _rewrite_region(image: Path, rng: random.Random) -> None:
-    """New content for a tenth of the image, so each backup has fresh blocks to write."""
-    length = IMAGE_SIZE // 10
+    """New content for half the image, so each backup writes packs from start to end."""
+    length = IMAGE_SIZE // 2
     offset = rng.randrange(0, IMAGE_SIZE - length)
     with image.open("r+b") as f:
         f.seek(offset)
