@@ -45,3 +45,7 @@ class PointNotFound(RepositoryError):
 
 class AmbiguousPoint(RepositoryError):
     """An id prefix matches more than one recovery point."""
+
+
+class LockLost(RepositoryError):
+    """The lock a job holds was released or removed: nothing may be committed under it."""

@@ -98,29 +98,6 @@ def test_a_backup_refuses_while_gc_holds_the_repository(repo_path: Path, tmp_pat
         assert_one_line_error(run_vmkeep("backup-image", image, "--repo", repo_path), "in use by gc")
 
 
-def test_stale_lock_of_a_dead_process_is_removed(repo_path: Path, tmp_path: Path) -> None:
-    lock = repo_path / "locks" / "exclusive-0123456789abcdef"
-    import socket
-
-    lock.write_text(
-        json.dumps(
-            {
-                "exclusive": True,
-                "operation": "gc",
-                "host": socket.gethostname(),
-                "pid": 2**22 + 17,
-                "pid_start": 1,
-                "time": 0.0,
-            }
-        )
-    )
-    image = make_image(tmp_path / "vm.img", 100_000)
-    result = run_vmkeep("backup-image", image, "--repo", repo_path)
-    assert result.code == 0, result.err
-    assert "removing stale lock" in result.err
-    assert not lock.exists()
-
-
 def test_unique_sizes_match_what_deleting_a_point_frees(repo_path: Path, tmp_path: Path) -> None:
     points = _backups(repo_path, tmp_path, rounds=3)
     listed = json.loads(run_vmkeep("points", "--repo", repo_path, "--sizes", "--json").out)
