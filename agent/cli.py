@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from types import FrameType
 
 from vmkeep.hypervisors.exceptions import SourceError
-from vmkeep.repository.exceptions import RepositoryError
+from vmkeep.repository.exceptions import CorruptRepository, RepositoryError
 
 from .commands import backup, demo, repository, restore, vsphere
-from .commands.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from .commands.common import EXIT_DAMAGED, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .engine import cancel
 from .engine.exceptions import EngineError, Interrupted
 from .exceptions import AgentError, ConfigError
@@ -51,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted):
         _error("interrupted; the job was cleaned up and nothing was committed")
         return EXIT_INTERRUPTED
+    except CorruptRepository as exc:
+        message = str(exc)
+        _error(message if message.startswith("corrupt repository") else f"corrupt repository: {message}")
+        return EXIT_DAMAGED
     except (AgentError, RepositoryError, SourceError, EngineError) as exc:
         _error(str(exc))
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE

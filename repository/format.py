@@ -34,6 +34,7 @@ class SealedKind(IntEnum):
 
     INDEX = 1
     POINT = 2
+    DAMAGE = 3  # a damage record (repository/damage.py)
 
 
 @dataclass(frozen=True)

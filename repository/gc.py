@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 from .exceptions import BlockMissing, CorruptRepository
 from .format import BlobType
-from .index import BlockIndex, IndexEntry
+from .index import BlobLocation, BlockIndex, IndexEntry
 from .packs import PACK_DIR, PackBuilder, pack_name, pack_name_of, pack_path
 from .repo import Repository
 from .stats import reachable_blobs
-from .writer import INDEX_EVERY, write_index_file
+from .writer import write_index_files
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def collect_garbage(repo: Repository, dry_run: bool = False) -> GcReport:
 def _collect(repo: Repository, dry_run: bool) -> GcReport:
     report = GcReport(dry_run=dry_run)
     index = repo.reload_index()
-    old_index_files = repo.index_files()
+    _refuse_if_blind(repo, index)
+    old_index_files = sorted(index.files)
     points = repo.points()
     live = reachable_blobs(repo, points)
     on_disk = {pack_name_of(f.name): f.size for f in repo.backend.list(PACK_DIR)}
@@ -71,23 +72,10 @@ def _collect(repo: Repository, dry_run: bool) -> GcReport:
     report.packs_before, report.index_files_before = len(on_disk), len(old_index_files)
     report.bytes_before = sum(on_disk.values())
 
-    # One location per live blob, in a pack that exists; every other entry is garbage.
-    kept: dict[str, list[IndexEntry]] = {}
-    chosen: set[bytes] = set()
-    for loc in index.locations():
-        bid = loc.entry.blob_id
-        if bid in live and bid not in chosen and loc.pack in on_disk:
-            chosen.add(bid)
-            kept.setdefault(loc.pack, []).append(loc.entry)
-    missing = live - chosen
-    if missing:
-        raise BlockMissing(
-            f"{len(missing)} blobs that recovery points use are in no pack "
-            f"(e.g. {next(iter(missing)).hex()[:16]}); "
-            "gc refuses to run on a damaged repository: run 'vmkeep verify'"
-        )
-
-    repack = _packs_to_repack(kept, on_disk, repo.config.pack_size)
+    kept, pinned, tainted = _choose_copies(repo, index, live, on_disk)
+    # Packs that hold a damaged copy no longer indexed are rewritten, so the bad bytes go too.
+    chosen = set(_packs_to_repack(kept, on_disk, repo.config.pack_size)) | (tainted & set(kept))
+    repack = sorted(chosen - pinned)
     delete = sorted(set(on_disk) - set(kept))
     report.packs_deleted, report.packs_repacked = len(delete), len(repack)
     rewrite_index = bool(delete or repack or len(old_index_files) > 1 or index_has_garbage(index, kept))
@@ -121,6 +109,78 @@ def _collect(repo: Repository, dry_run: bool) -> GcReport:
     report.index_files_after = len(new_index_files)
     repo.reload_index()
     return report
+
+
+def _refuse_if_blind(repo: Repository, index: BlockIndex) -> None:
+    """gc decides what is garbage from every point and every index: with one unreadable, it would guess."""
+    if index.damaged_files:
+        names = ", ".join(sorted(index.damaged_files))
+        raise CorruptRepository(
+            f"gc refuses to run: index file(s) {names} are damaged, so the packs they name would look "
+            "like garbage; run 'vmkeep repair' first"
+        )
+    damaged = repo.scan_points().damaged
+    if damaged:
+        names = ", ".join(sorted(p[:12] for p in damaged))
+        raise CorruptRepository(
+            f"gc refuses to run: recovery point(s) {names} are unreadable, so gc cannot tell which blocks "
+            "they use; remove them with 'vmkeep forget ID' (or put the files back) first"
+        )
+
+
+def _choose_copies(
+    repo: Repository, index: BlockIndex, live: set[bytes], on_disk: dict[str, int]
+) -> tuple[dict[str, list[IndexEntry]], set[str], set[str]]:
+    """One copy of each live blob to keep, by pack; the packs that must stay untouched; and those
+    holding a damaged copy.
+
+    Where a blob has several copies, each is checked (checksum, without decryption) and an
+    intact one is kept: gc must never keep a damaged copy and delete the good one. Copies
+    recorded as damaged are never kept, except for a blob that has nothing better: those stay
+    where they are (their packs are "pinned": not repacked, not deleted), for ``repair`` to judge.
+    """
+    candidates: dict[bytes, list[BlobLocation]] = {}
+    for loc in index.locations():
+        if loc.entry.blob_id in live and loc.pack in on_disk:
+            candidates.setdefault(loc.entry.blob_id, []).append(loc)
+    kept: dict[str, list[IndexEntry]] = {}
+    pinned: set[str] = set()
+    tainted = {loc.pack for loc in index.locations() if index.is_bad(loc)}
+    for locs in candidates.values():
+        good = [loc for loc in locs if not index.is_bad(loc)]
+        if not good:
+            for loc in locs:
+                kept.setdefault(loc.pack, []).append(loc.entry)
+                pinned.add(loc.pack)
+            continue
+        chosen = good[0] if len(good) == 1 else _first_intact(repo, good, tainted)
+        if chosen is None:  # several copies and none passes: keep them all
+            for loc in good:
+                kept.setdefault(loc.pack, []).append(loc.entry)
+                pinned.add(loc.pack)
+        else:
+            kept.setdefault(chosen.pack, []).append(chosen.entry)
+    unknown = live - set(candidates) - index.missing
+    if unknown:
+        raise BlockMissing(
+            f"{len(unknown)} blobs that recovery points use are in no pack "
+            f"(e.g. {next(iter(unknown)).hex()[:16]}); "
+            "gc refuses to run on damage it does not know of: run 'vmkeep verify' (which records it)"
+        )
+    return kept, pinned, tainted
+
+
+def _first_intact(repo: Repository, copies: list[BlobLocation], tainted: set[str]) -> BlobLocation | None:
+    for loc in copies:
+        where = f"pack {loc.pack[:12]}@{loc.entry.offset}"
+        try:
+            frame = repo.backend.read(pack_path(loc.pack), loc.entry.offset, loc.entry.length)
+            if repo.codec.check_frame(frame, where).blob_id == loc.entry.blob_id:
+                return loc
+        except CorruptRepository as exc:
+            log.warning("gc: not keeping a damaged copy: %s", exc)
+        tainted.add(loc.pack)
+    return None
 
 
 def _packs_to_repack(kept: dict[str, list[IndexEntry]], on_disk: dict[str, int], target: int) -> list[str]:
@@ -178,15 +238,4 @@ def _repack(
 
 
 def _write_index(repo: Repository, packs: dict[str, list[IndexEntry]]) -> list[str]:
-    names: list[str] = []
-    batch: dict[str, list[IndexEntry]] = {}
-    count = 0
-    for pack, entries in sorted(packs.items()):
-        batch[pack] = entries
-        count += len(entries)
-        if count >= INDEX_EVERY:
-            names.append(write_index_file(repo.backend, repo.codec, batch))
-            batch, count = {}, 0
-    if batch:
-        names.append(write_index_file(repo.backend, repo.codec, batch))
-    return names
+    return write_index_files(repo.backend, repo.codec, packs)

@@ -65,11 +65,15 @@ def decode_index(payload: bytes, where: str) -> dict[str, list[IndexEntry]]:
 
 
 class BlockIndex:
-    """id -> location of every blob in the repository.
+    """id -> locations of every blob in the repository, and which copies are known damaged.
 
     Held as one sorted buffer of fixed 57-byte records (about 57 MB per million blocks,
-    a third of what a dict of objects costs), searched by bisection. Blobs added during
-    this process's own backup go to a small dict beside it.
+    a third of what a dict of objects costs), searched by bisection; copies of one blob are
+    adjacent. Index files written by this process later are added to a small dict beside it.
+
+    ``files`` and ``damage_files`` are the names it was built from (plus those this process
+    wrote): the repository compares them with a fresh listing whenever a lock is taken, so an
+    index is never trusted beyond the lock under which it was read.
     """
 
     _RECORD = struct.Struct("<32sIIIIBQ")  # id, pack number, offset, length, raw_len, type, checksum
@@ -79,7 +83,12 @@ class BlockIndex:
         self._pack_numbers: dict[str, int] = {}
         self._table = b""
         self._keys: _Keys = _Keys(self._table, self._RECORD.size)
-        self._added: dict[bytes, BlobLocation] = {}
+        self._added: dict[bytes, list[BlobLocation]] = {}
+        self._bad: dict[tuple[str, int], str] = {}  # (pack, offset) -> why the copy is damaged
+        self.missing: set[bytes] = set()  # blobs recorded as having no intact copy anywhere
+        self.files: set[str] = set()  # index files this was built from, and those added since
+        self.damage_files: set[str] = set()  # damage records applied
+        self.damaged_files: dict[str, str] = {}  # index files that could not be read -> why
 
     @classmethod
     def build(cls, files: Iterable[dict[str, list[IndexEntry]]]) -> BlockIndex:
@@ -105,32 +114,66 @@ class BlockIndex:
         return number
 
     def __len__(self) -> int:
-        return len(self._keys) + len(self._added)
+        return len(self._keys) + sum(len(v) for v in self._added.values())
 
     def __contains__(self, blob_id: object) -> bool:
+        """True if the blob has a copy not known to be damaged: a writer may deduplicate against it."""
         return isinstance(blob_id, bytes) and self.lookup(blob_id) is not None
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
-        added = self._added.get(blob_id)
-        if added is not None:
-            return added
-        i = bisect.bisect_left(self._keys, blob_id)
-        if i < len(self._keys) and self._keys[i] == blob_id:
-            return self._location(i)
+        """A copy of the blob not known to be damaged, or None."""
+        for loc in self._all_copies(blob_id):
+            if not self._bad or (loc.pack, loc.entry.offset) not in self._bad:
+                return loc
         return None
 
-    def add(self, location: BlobLocation) -> None:
-        self._added.setdefault(location.entry.blob_id, location)
+    def copies(self, blob_id: bytes) -> list[BlobLocation]:
+        """Every copy of the blob: those not known to be damaged first."""
+        found = list(self._all_copies(blob_id))
+        if self._bad:
+            found.sort(key=self.is_bad)
+        return found
+
+    def _all_copies(self, blob_id: bytes) -> Iterator[BlobLocation]:
+        i = bisect.bisect_left(self._keys, blob_id)
+        while i < len(self._keys) and self._keys[i] == blob_id:
+            yield self._location(i)
+            i += 1
+        yield from self._added.get(blob_id, ())
+
+    def add_file(self, name: str, packs: dict[str, list[IndexEntry]]) -> None:
+        """Take in an index file this process has just made durable."""
+        for pack, entries in packs.items():
+            for entry in entries:
+                self._added.setdefault(entry.blob_id, []).append(BlobLocation(pack, entry))
+        self.files.add(name)
+
+    def mark_bad(self, pack: str, offset: int, why: str) -> None:
+        """Record that the copy at ``pack``@``offset`` is damaged: it is never chosen again."""
+        self._bad[(pack, offset)] = why
+
+    def is_bad(self, location: BlobLocation) -> bool:
+        return (location.pack, location.entry.offset) in self._bad
+
+    def bad_reason(self, location: BlobLocation) -> str | None:
+        return self._bad.get((location.pack, location.entry.offset))
+
+    @property
+    def has_damage(self) -> bool:
+        """True if some copy or blob is known damaged or missing (backups then check what they reuse)."""
+        return bool(self._bad or self.missing)
 
     def packs(self) -> list[str]:
         """Every pack some index entry refers to."""
-        return list(self._packs) + sorted({loc.pack for loc in self._added.values()} - set(self._packs))
+        added = {loc.pack for locs in self._added.values() for loc in locs}
+        return list(self._packs) + sorted(added - set(self._packs))
 
     def locations(self) -> Iterator[BlobLocation]:
-        """Every entry, duplicates included (a blob may sit in more than one pack)."""
+        """Every entry, duplicates and damaged copies included (a blob may sit in more than one pack)."""
         for i in range(len(self._keys)):
             yield self._location(i)
-        yield from self._added.values()
+        for locs in self._added.values():
+            yield from locs
 
     def _location(self, i: int) -> BlobLocation:
         bid, number, off, length, raw_len, btype, csum = self._RECORD.unpack_from(self._table, i * self._RECORD.size)

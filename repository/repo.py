@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backend import Backend, LocalBackend
 from .codec import Codec
 from .config import RepoConfig
+from .damage import DAMAGE_DIR, DamageRecord
 from .exceptions import (
     AmbiguousPoint,
     BlockMissing,
     CorruptRepository,
+    LockLost,
     NotARepository,
     PointNotFound,
     RepositoryError,
@@ -29,9 +32,17 @@ from .writer import INDEX_DIR, BlobWriter, content_name
 
 CONFIG_FILE = "config"
 KEYS_FILE = "keys"
-SUBDIRS = (PACK_DIR, INDEX_DIR, POINT_DIR, LOCK_DIR, "tmp")
+SUBDIRS = (PACK_DIR, INDEX_DIR, POINT_DIR, LOCK_DIR, DAMAGE_DIR, "tmp")
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PointScan:
+    """Every point file: the readable ones, oldest first, and the damaged ones with the reason."""
+
+    points: list[RecoveryPoint] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)  # point id -> what is wrong
 
 
 class Repository:
@@ -43,6 +54,7 @@ class Repository:
         self.codec = Codec(keys, config.compression_level)
         self.location = location
         self._index: BlockIndex | None = None
+        self._locks: list[Lock] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -91,7 +103,31 @@ class Repository:
         self.close()
 
     def lock(self, operation: str, exclusive: bool = False) -> Lock:
-        return Lock(self.backend, exclusive, operation).acquire()
+        """Take a lock; the cached index is re-read if the repository changed since it was built.
+
+        Deduplicating against an index read under an earlier lock is how a long-lived handle
+        would reuse blocks that gc deleted in between: index files are immutable and named by
+        content, so comparing their names with a fresh listing is enough to know.
+        """
+        lock = Lock(self.backend, exclusive, operation, on_release=self._released).acquire()
+        self._locks.append(lock)
+        if self._index is not None and self._index_changed():
+            log.debug("the repository changed since its index was read: reloading it")
+            self._index = None
+        return lock
+
+    def _released(self, lock: Lock) -> None:
+        if lock in self._locks:
+            self._locks.remove(lock)
+
+    def held_lock(self) -> Lock:
+        """A lock this handle holds; LockLost if there is none (nothing may be written without one)."""
+        for lock in self._locks:
+            if lock.held:
+                return lock
+        for lock in self._locks:
+            lock.check()  # says why it was lost
+        raise LockLost("no repository lock is held: take one (Repository.lock) before writing")
 
     # -- index ------------------------------------------------------------------------------
 
@@ -106,31 +142,110 @@ class Repository:
     @property
     def index(self) -> BlockIndex:
         if self._index is None:
-            self._index = BlockIndex.build(self.read_index_file(n) for n in self.index_files())
+            self._index = self._load_index()
         return self._index
 
     def reload_index(self) -> BlockIndex:
         self._index = None
         return self.index
 
+    def _load_index(self) -> BlockIndex:
+        """Every readable index file, with the damage records applied.
+
+        A damaged index file costs only the blobs it names (they look absent, so backups store
+        them again and restores that need them fail naming the file); it is reported, and
+        ``repair`` rebuilds the index from the packs.
+        """
+        names = self.index_files()
+        damaged: dict[str, str] = {}
+
+        def readable() -> Iterator[dict[str, list[IndexEntry]]]:
+            for name in names:
+                try:
+                    yield self.read_index_file(name)
+                except CorruptRepository as exc:
+                    log.warning("%s; its blobs are treated as absent until 'vmkeep repair'", exc)
+                    damaged[name] = str(exc)
+
+        index = BlockIndex.build(readable())
+        index.files = set(names)
+        index.damaged_files = damaged
+        index.damage_files = set(self.damage_files())
+        for name in sorted(index.damage_files):
+            try:
+                record = self.read_damage_record(name)
+            except CorruptRepository as exc:
+                log.warning("%s (ignored)", exc)
+                continue
+            for copy in record.copies:
+                index.mark_bad(copy.pack, copy.offset, copy.why)
+            index.missing.update(record.missing)
+        return index
+
+    def adopt_index(self, index: BlockIndex) -> None:
+        """Use ``index`` (built in memory by repair) until the next reload."""
+        index.files = set(self.index_files())
+        index.damage_files = set(self.damage_files())
+        self._index = index
+
+    def _index_changed(self) -> bool:
+        index = self._index
+        if index is None:
+            return True
+        return set(self.index_files()) != index.files or set(self.damage_files()) != index.damage_files
+
     def writer(self) -> BlobWriter:
-        return BlobWriter(self.backend, self.codec, self.index, self.config.pack_size)
+        """A writer for new blobs, bound to a lock this handle holds (LockLost without one)."""
+        return BlobWriter(self.backend, self.codec, self.index, self.config.pack_size, self.held_lock())
 
     # -- blobs ------------------------------------------------------------------------------
 
     def read_blob(self, blob_id: bytes) -> bytes:
-        location = self.index.lookup(blob_id)
-        if location is None:
-            raise BlockMissing(f"block {blob_id.hex()[:16]} is referenced but in no index")
-        entry = location.entry
-        where = f"pack {location.pack[:12]}@{entry.offset}"
-        frame = self.backend.read(pack_path(location.pack), entry.offset, entry.length)
-        return self.codec.decode_frame(frame, where, expected_id=blob_id)
+        """A blob's raw content, from the first of its copies that passes every check."""
+        try:
+            return self._read_blob(blob_id)
+        except CorruptRepository:
+            if not self._index_changed():
+                raise
+        # Read without a lock (or a handle kept across locks) while gc rewrote the repository.
+        self.reload_index()
+        return self._read_blob(blob_id)
+
+    def _read_blob(self, blob_id: bytes) -> bytes:
+        copies = self.index.copies(blob_id)
+        if not copies:
+            hint = ""
+            if self.index.damaged_files:
+                names = ", ".join(sorted(self.index.damaged_files))
+                hint = f" (index file(s) {names} are damaged: run 'vmkeep repair')"
+            raise BlockMissing(f"block {blob_id.hex()[:16]} is referenced but in no index{hint}")
+        errors: list[CorruptRepository] = []
+        for location in copies:
+            entry = location.entry
+            where = f"pack {location.pack[:12]}@{entry.offset}"
+            try:
+                frame = self.backend.read(pack_path(location.pack), entry.offset, entry.length)
+                data = self.codec.decode_frame(frame, where, expected_id=blob_id)
+            except CorruptRepository as exc:
+                errors.append(exc)
+                continue
+            if errors:
+                log.warning("block %s: used another copy, since %s", blob_id.hex()[:16], errors[0])
+            return data
+        if len(errors) == 1:
+            raise errors[0]
+        raise CorruptRepository(
+            f"block {blob_id.hex()[:16]}: all {len(errors)} copies are damaged: " + "; ".join(map(str, errors))
+        )
 
     # -- recovery points --------------------------------------------------------------------
 
     def save_point(self, point: RecoveryPoint) -> str:
-        """Write a point file; its blobs must already be durable and indexed (BlobWriter.flush)."""
+        """Write a point file; its blobs must already be durable and indexed (BlobWriter.flush).
+
+        Only under a lock still held: after a lost lock, gc may have removed what it references.
+        """
+        self.held_lock().check()
         sealed = self.codec.seal(SealedKind.POINT, point.to_payload())
         point.id = content_name(sealed)
         self.backend.write(f"{POINT_DIR}/{point.id}", [sealed])
@@ -145,12 +260,25 @@ class Repository:
         self._check_name(name, data)
         return RecoveryPoint.from_payload(self.codec.unseal(SealedKind.POINT, data, name), point_id)
 
+    def scan_points(self) -> PointScan:
+        """Every point file, readable or not: one damaged file never hides the others."""
+        scan = PointScan()
+        for pid in self.point_ids():
+            try:
+                scan.points.append(self.load_point(pid))
+            except CorruptRepository as exc:
+                scan.damaged[pid] = str(exc)
+        scan.points.sort(key=lambda p: (p.time, p.id))
+        return scan
+
     def points(self, vm: str | None = None) -> list[RecoveryPoint]:
-        """All recovery points (of one VM if given), oldest first."""
-        points = [self.load_point(pid) for pid in self.point_ids()]
-        if vm is not None:
-            points = [p for p in points if p.vm == vm]
-        return sorted(points, key=lambda p: (p.time, p.id))
+        """The readable recovery points (of one VM if given), oldest first; damaged ones are logged."""
+        scan = self.scan_points()
+        for why in scan.damaged.values():
+            log.warning("skipping a damaged recovery point: %s", why)
+        if vm is None:
+            return scan.points
+        return [p for p in scan.points if p.vm == vm]
 
     def find_point(self, ref: str) -> RecoveryPoint:
         """A point by id or unique id prefix; ``latest`` or ``latest:VM`` for the newest."""
@@ -169,6 +297,23 @@ class Repository:
 
     def delete_point(self, point_id: str) -> None:
         self.backend.delete(f"{POINT_DIR}/{point_id}")
+
+    # -- damage records ---------------------------------------------------------------------
+
+    def damage_files(self) -> list[str]:
+        return [f.name for f in self.backend.list(DAMAGE_DIR)]
+
+    def read_damage_record(self, name: str) -> DamageRecord:
+        data = self.backend.read(name)
+        self._check_name(name, data)
+        return DamageRecord.from_payload(self.codec.unseal(SealedKind.DAMAGE, data, name), name)
+
+    def write_damage_record(self, record: DamageRecord) -> str:
+        """Record damaged copies and missing blobs; applied to every index loaded from now on."""
+        sealed = self.codec.seal(SealedKind.DAMAGE, record.to_payload())
+        name = f"{DAMAGE_DIR}/{content_name(sealed)}"
+        self.backend.write(name, [sealed])
+        return name
 
     # -- trees ------------------------------------------------------------------------------
 

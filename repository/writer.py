@@ -15,7 +15,8 @@ import threading
 from .backend import Backend
 from .codec import Codec
 from .format import FRAME_HEADER_SIZE, BlobType, FrameHeader, SealedKind
-from .index import BlobLocation, BlockIndex, IndexEntry, encode_index
+from .index import BlockIndex, IndexEntry, encode_index
+from .locks import Lock
 from .packs import PackBuilder, pack_name, pack_path
 
 INDEX_DIR = "index"
@@ -29,10 +30,16 @@ class BlobWriter:
     """New blobs of one job. ``add`` is called from one thread; packs are written by two others.
 
     At most two finished packs wait in the queue, so memory stays at a few packs' worth.
+
+    A writer is bound to the lock under which its index was read: it deduplicates only while
+    that lock is held, and writes no index after it is lost. New blobs become visible to
+    other jobs of this process only once an index file naming them is durable, so a job that
+    fails after writing packs leaves nothing another job could deduplicate against.
     """
 
-    def __init__(self, backend: Backend, codec: Codec, index: BlockIndex, pack_size: int) -> None:
+    def __init__(self, backend: Backend, codec: Codec, index: BlockIndex, pack_size: int, lock: Lock) -> None:
         self._backend = backend
+        self._lock_held = lock
         self._codec = codec
         self._index = index
         self._pack_size = pack_size
@@ -52,7 +59,9 @@ class BlobWriter:
     # -- producer side ----------------------------------------------------------------------
 
     def known(self, blob_id: bytes) -> bool:
-        """True if the repository already has this blob, or this job already added it."""
+        """True if the repository already has an intact copy of this blob, or this job added it."""
+        if not self._lock_held.held:
+            self._lock_held.check()
         return blob_id in self._pending or blob_id in self._index
 
     def add(self, frame: bytes) -> bool:
@@ -84,6 +93,7 @@ class BlobWriter:
                 self._put(builder)
         self._queue.join()  # every pack is durable: only now may the last index name them
         self._raise_error()
+        self._lock_held.check()
         with self._lock:
             self._write_index()
 
@@ -124,8 +134,6 @@ class BlobWriter:
         with self._lock:
             self._unindexed[name] = builder.entries
             self._unindexed_count += len(builder.entries)
-            for entry in builder.entries:
-                self._index.add(BlobLocation(name, entry))
             if self._unindexed_count >= INDEX_EVERY:  # names only packs already durable
                 self._write_index()
 
@@ -134,7 +142,9 @@ class BlobWriter:
         if not self._unindexed:
             return
         self._backend.sync()  # the packs' names are durable before an index names them
-        write_index_file(self._backend, self._codec, self._unindexed)
+        self._lock_held.check()
+        name = write_index_file(self._backend, self._codec, self._unindexed)
+        self._index.add_file(name, self._unindexed)
         self._unindexed = {}
         self._unindexed_count = 0
 
@@ -145,6 +155,22 @@ def write_index_file(backend: Backend, codec: Codec, packs: dict[str, list[Index
     name = f"{INDEX_DIR}/{content_name(sealed)}"
     backend.write(name, [sealed])
     return name
+
+
+def write_index_files(backend: Backend, codec: Codec, packs: dict[str, list[IndexEntry]]) -> list[str]:
+    """Write index files naming ``packs`` (durable already), ``INDEX_EVERY`` entries or so each."""
+    names: list[str] = []
+    batch: dict[str, list[IndexEntry]] = {}
+    count = 0
+    for pack, entries in sorted(packs.items()):
+        batch[pack] = entries
+        count += len(entries)
+        if count >= INDEX_EVERY:
+            names.append(write_index_file(backend, codec, batch))
+            batch, count = {}, 0
+    if batch:
+        names.append(write_index_file(backend, codec, batch))
+    return names
 
 
 def content_name(data: bytes) -> str:

@@ -96,6 +96,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     json_option(p)
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser(
+        "repair",
+        help="rebuild the index from the packs and record what stays damaged",
+        description="Read every pack, check every frame, and rebuild the index from the intact ones (this also "
+        "recovers from a damaged index file). Damaged copies are dropped from the index; blocks that recovery "
+        "points use but that no pack holds intact are recorded as missing, so the next backup of a VM that still "
+        "has that content stores it again and heals every point using it. Takes the exclusive lock. Exits with "
+        "status 3 if some points stay damaged, naming them.",
+    )
+    repo_options(p)
+    json_option(p)
+    p.set_defaults(func=cmd_repair)
+
 
 def cmd_init(args: argparse.Namespace) -> int:
     path = repo_path(args)
@@ -263,5 +276,40 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"error: {error}")
         if report.damaged_points:
             print(f"damaged recovery points: {', '.join(sorted(p[:12] for p in report.damaged_points))}")
+        if report.damage_record:
+            print(
+                f"recorded the damage in {report.damage_record}: backups no longer deduplicate against it, and "
+                "the next backup that sees the same content stores it again; 'vmkeep repair' rebuilds the index"
+            )
         print("no errors found" if report.ok else f"{len(report.errors)} error(s) found")
     return EXIT_OK if report.ok else EXIT_DAMAGED
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from vmkeep.repository.repair import repair
+
+    with open_repository(args) as repo:
+        report = repair(repo)
+    if args.json:
+        print_json(vars(report) | {"complete": report.complete})
+        return EXIT_OK if report.complete else EXIT_DAMAGED
+    for problem in report.problems:
+        print(f"damaged: {problem}")
+    print(
+        f"scanned {report.packs} pack(s), {human_size(report.bytes_read)}: {report.frames_indexed} intact frame(s) "
+        f"indexed, {report.frames_damaged} damaged; index files {report.index_files_before} -> "
+        f"{report.index_files_after}"
+    )
+    if report.complete:
+        print("every recovery point is whole")
+        return EXIT_OK
+    for pid, problems in sorted(report.damaged_points.items()):
+        print(
+            f"recovery point {pid[:12]} stays damaged: {problems[0]}"
+            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
+    print(
+        f"{len(report.damaged_points)} recovery point(s) stay damaged ({report.missing_blobs} block(s) missing); "
+        "a backup of a VM that still has that content stores them again and heals them"
+    )
+    return EXIT_DAMAGED

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from vmkeep.hypervisors.base import BackupSession, DiskInfo
+from vmkeep.repository.exceptions import CorruptRepository
 from vmkeep.repository.format import FORMAT, BlobType
 from vmkeep.repository.points import DiskRecord, RecoveryPoint
 from vmkeep.repository.repo import Repository
@@ -25,7 +26,7 @@ from vmkeep.repository.writer import BlobWriter
 from . import cancel
 from .exceptions import ShortRead
 from .pipeline import ordered_map
-from .plan import plan_disk
+from .plan import plan_disk, previous_damage
 from .progress import Progress
 from .sanity import check_unallocated_blocks, check_unchanged_blocks
 from .zeros import is_zero
@@ -142,7 +143,16 @@ class _BackupJob:
 
         prev_leaves: list[bytes] | None = None
         if plan.previous is not None:
-            prev_leaves = repo.leaf_ids(bytes.fromhex(plan.previous.tree), disk.capacity)
+            try:
+                prev_leaves = repo.leaf_ids(bytes.fromhex(plan.previous.tree), disk.capacity)
+                damage = previous_damage(repo, plan.previous)
+            except CorruptRepository as exc:
+                damage = f"the previous point's block list is damaged ({exc}); reading in full to heal it"
+            if damage is not None:
+                self.progress.warn(f"{session.vm_name} disk {disk.key}: {damage}")
+                plan = plan_disk(session, disk, self.previous, block_size, force_full=damage)
+                prev_leaves = None
+        if plan.previous is not None and prev_leaves is not None:
             mismatch = check_unchanged_blocks(
                 session,
                 repo,

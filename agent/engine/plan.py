@@ -6,13 +6,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vmkeep.hypervisors.base import BackupSession, Changes, DiskInfo, Extent, FullRead, merge_extents
-from vmkeep.repository.points import MODE_FULL, MODE_INCREMENTAL, DiskRecord, RecoveryPoint
+from vmkeep.repository.exceptions import CorruptRepository
+from vmkeep.repository.points import MODE_FULL, MODE_INCREMENTAL, DiskRecord, ReadMode, RecoveryPoint
+from vmkeep.repository.repo import Repository
+from vmkeep.repository.tree import walk_nodes
 
 
 @dataclass
 class DiskPlan:
     disk: DiskInfo
-    mode: str  # MODE_FULL or MODE_INCREMENTAL
+    mode: ReadMode
     reason: str | None  # why a full read
     runs: list[range]  # block numbers to read, as sorted disjoint runs
     previous: DiskRecord | None  # the record the incremental builds on
@@ -64,6 +67,33 @@ def plan_disk(
         return DiskPlan(disk, MODE_FULL, reason, extents_to_runs(merge_extents(allocated), block_size), None, True)
     nblocks = -(-disk.capacity // block_size)
     return DiskPlan(disk, MODE_FULL, reason, [range(nblocks)] if nblocks else [], None)
+
+
+def previous_damage(repo: Repository, previous: DiskRecord) -> str | None:
+    """Why the previous point's references cannot be reused for an incremental, or None.
+
+    An incremental keeps the previous point's ids for every block it does not read. If some of
+    them are known damaged or missing (recorded by verify or repair), the new point would
+    inherit the damage; a full read instead stores those blocks afresh, which also heals every
+    older point that uses them. The walk costs one read of the previous tree, and is done only
+    when the repository holds known damage.
+    """
+    geometry = repo.geometry(previous.capacity)
+    root = bytes.fromhex(previous.tree)
+    if not repo.index.has_damage:
+        return None
+    try:
+        unusable = sum(
+            1 for _level, blob_id in walk_nodes(root, geometry, repo.read_blob, set()) if blob_id not in repo.index
+        )
+    except CorruptRepository as exc:
+        return f"the previous point's block list is damaged ({exc}); reading in full to heal it"
+    if unusable:
+        return (
+            f"the previous point references {unusable} damaged or missing block(s); reading in full "
+            "so that they are stored again (which heals the older points too)"
+        )
+    return None
 
 
 def extents_to_runs(extents: list[Extent], block_size: int) -> list[range]:

@@ -51,5 +51,28 @@ def test_lookup_agrees_with_a_dict() -> None:
     for _ in range(200):
         assert index.lookup(rng.randbytes(32)) is None
     added = IndexEntry(rng.randbytes(32), BlobType.DATA, 8, 100, 50, 7)
-    index.add(BlobLocation("ab" * 32, added))
+    index.add_file("index/" + "cd" * 32, {"ab" * 32: [added]})
     assert added.blob_id in index and index.lookup(added.blob_id) == BlobLocation("ab" * 32, added)
+    assert "index/" + "cd" * 32 in index.files
+
+
+def test_every_copy_is_found_and_damaged_copies_come_last() -> None:
+    rng = random.Random(4)
+    blob = rng.randbytes(32)
+    first, second = (IndexEntry(blob, BlobType.DATA, off, 100, 50, 7) for off in (8, 108))
+    others = _entries(rng, 50)
+    index = BlockIndex.build([{"aa" * 32: [first, *others[:25]]}, {"bb" * 32: [second, *others[25:]]}])
+    third = IndexEntry(blob, BlobType.DATA, 8, 100, 50, 7)
+    index.add_file("index/" + "cd" * 32, {"cc" * 32: [third]})
+    copies = index.copies(blob)
+    assert {(c.pack, c.entry.offset) for c in copies} == {("aa" * 32, 8), ("bb" * 32, 108), ("cc" * 32, 8)}
+    assert len(index) == 53
+
+    bad = copies[0]
+    index.mark_bad(bad.pack, bad.entry.offset, "checksum mismatch")
+    assert index.has_damage and index.is_bad(bad)
+    assert index.copies(blob)[-1] == bad and index.lookup(blob) != bad
+    for copy in index.copies(blob)[:-1]:
+        index.mark_bad(copy.pack, copy.entry.offset, "pack missing")
+    assert index.lookup(blob) is None and blob not in index  # nothing left to deduplicate against
+    assert len(index.copies(blob)) == 3  # but every copy can still be tried
