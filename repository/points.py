@@ -5,14 +5,25 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from .exceptions import CorruptRepository
+from .validate import hex_id, number, optional, typed
 
 POINT_DIR = "points"
+POINT_VERSION = 1
 
-MODE_FULL = "full"
-MODE_INCREMENTAL = "incremental"
+
+class ReadMode(StrEnum):
+    """How a disk was read for a point."""
+
+    FULL = "full"
+    INCREMENTAL = "incremental"
+
+
+MODE_FULL = ReadMode.FULL
+MODE_INCREMENTAL = ReadMode.INCREMENTAL
 
 
 @dataclass
@@ -22,7 +33,7 @@ class DiskRecord:
     key: str  # the disk's key in its VM (vSphere device key, Hyper-V controller location, "disk0")
     capacity: int  # bytes
     tree: str  # hex id of the root of the block-reference tree
-    mode: str = MODE_FULL  # how this disk was read: "full" or "incremental"
+    mode: ReadMode = MODE_FULL  # how this disk was read
     reason: str | None = None  # why a full read was done, when it was
     change_token: str | None = None  # vSphere changeId / Hyper-V RCT id at the snapshot
     identity: dict[str, Any] = field(default_factory=dict)  # uuid, path...: a change forces a full read
@@ -36,8 +47,24 @@ class DiskRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> DiskRecord:
-        return cls(**obj)
+    def from_json(cls, doc: dict[str, Any]) -> DiskRecord:
+        """A disk record as stored; TypeError/KeyError/ValueError naming the field if it is not one."""
+        counters = {
+            name: typed(doc, name, int)
+            for name in ("capacity", "read_bytes", "new_bytes", "stored_bytes", "zero_bytes", "changed_blocks")
+            if name == "capacity" or name in doc
+        }
+        if any(v < 0 for v in counters.values()):
+            raise ValueError("a size or count is negative")
+        return cls(
+            key=typed(doc, "key", str),
+            tree=hex_id(doc, "tree"),
+            mode=ReadMode(typed(doc, "mode", str)),
+            reason=optional(doc, "reason", str, None),
+            change_token=optional(doc, "change_token", str, None),
+            identity=optional(doc, "identity", dict, {}),
+            **counters,
+        )
 
 
 @dataclass
@@ -69,7 +96,7 @@ class RecoveryPoint:
 
     def to_payload(self) -> bytes:
         doc = {
-            "version": 1,
+            "version": POINT_VERSION,
             "vm": self.vm,
             "time": format_time(self.time),
             "block_size": self.block_size,
@@ -84,22 +111,40 @@ class RecoveryPoint:
 
     @classmethod
     def from_payload(cls, payload: bytes, point_id: str) -> RecoveryPoint:
+        """Parse and check a point file's payload; CorruptRepository naming the file if it is not one.
+
+        Fields this version does not know are ignored (a later minor addition); a wrong type, a
+        missing field or another version is damage.
+        """
         try:
             doc = json.loads(payload)
+            if not isinstance(doc, dict):
+                raise TypeError("not a JSON object")
+            if doc.get("version") != POINT_VERSION:
+                raise ValueError(f"unknown point version {doc.get('version')!r}")
+            block_size = typed(doc, "block_size", int)
+            if block_size <= 0:
+                raise ValueError("block_size is not positive")
+            disks = []
+            for item in typed(doc, "disks", list):
+                if not isinstance(item, dict):
+                    raise TypeError("a disk is not an object")
+                disks.append(DiskRecord.from_json(item))
             return cls(
                 id=point_id,
-                vm=doc["vm"],
-                time=parse_time(doc["time"]),
-                block_size=int(doc["block_size"]),
-                source=doc.get("source", {}),
-                hardware=doc.get("hardware", {}),
-                parent=doc.get("parent"),
-                hostname=doc.get("hostname", ""),
-                duration=float(doc.get("duration", 0.0)),
-                disks=[DiskRecord.from_json(d) for d in doc["disks"]],
+                vm=typed(doc, "vm", str),
+                time=parse_time(typed(doc, "time", str)),
+                block_size=block_size,
+                source=optional(doc, "source", dict, {}),
+                hardware=optional(doc, "hardware", dict, {}),
+                parent=optional(doc, "parent", str, None),
+                hostname=optional(doc, "hostname", str, ""),
+                duration=number(doc, "duration") if "duration" in doc else 0.0,
+                disks=disks,
             )
         except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptRepository(f"point {point_id[:12]}: malformed ({exc})") from None
+            reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise CorruptRepository(f"{POINT_DIR}/{point_id}: not a valid recovery point ({reason})") from None
 
     def summary_json(self) -> dict[str, Any]:
         """What ``vmkeep points --json`` prints for this point."""
