@@ -280,6 +280,18 @@ class Lock:
             self._last_refresh = time.monotonic()
 
 
+def remove_locks(backend: Backend, everything: bool = False) -> list[tuple[FoundLock, str]]:
+    """Remove stale locks (with ``everything``, all locks); return each removed lock and why."""
+    me, now = this_holder(), time.time()
+    removed = []
+    for found in read_locks(backend):
+        why = "removed by request (--remove-all)" if everything else found.stale_reason(me, now)
+        if why is not None:
+            backend.delete(found.name)
+            removed.append((found, why))
+    return removed
+
+
 def read_locks(backend: Backend) -> list[FoundLock]:
     """Every lock file, parsed where possible; unreadable ones are returned with the reason."""
     found = []

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from .damage import DamagedCopy, DamageRecord
 from .exceptions import RepositoryError
 from .index import BlobLocation, BlockIndex, IndexEntry
+from .locks import read_locks
 from .packs import PACK_DIR, pack_name, pack_name_of, pack_path
 from .repo import Repository
 from .tree import ZERO, Geometry, decode_node
@@ -77,6 +78,12 @@ def verify(
                 repo.read_damage_record(name)
             except RepositoryError as exc:
                 report.errors.append(f"damage record {name}: {exc}")
+        for found in read_locks(repo.backend):
+            if found.info is None:
+                report.warnings.append(
+                    f"{found.describe()}: it blocks gc until it is 30 minutes old; if no vmkeep process uses "
+                    "the repository, 'vmkeep unlock --remove-all' removes it"
+                )
         problems = _check_packs(repo, index, report, read_data, on_pack)
         unusable = _unusable_blobs(index, problems)
         _report_copies(index, problems, unusable, report)

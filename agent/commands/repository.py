@@ -97,6 +97,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
+        "unlock",
+        help="remove stale locks",
+        description="Remove locks whose holder is provably gone (a process of this machine, boot and PID "
+        "namespace that no longer runs) or that were not refreshed for 30 minutes. With --remove-all, remove "
+        "every lock: only when you know that no vmkeep process uses the repository.",
+    )
+    repo_options(p)
+    p.add_argument("--remove-all", action="store_true", help="remove every lock, stale or not")
+    json_option(p)
+    p.set_defaults(func=cmd_unlock)
+
+    p = sub.add_parser(
         "repair",
         help="rebuild the index from the packs and record what stays damaged",
         description="Read every pack, check every frame, and rebuild the index from the intact ones (this also "
@@ -283,6 +295,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
             )
         print("no errors found" if report.ok else f"{len(report.errors)} error(s) found")
     return EXIT_OK if report.ok else EXIT_DAMAGED
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from vmkeep.repository.locks import remove_locks
+
+    with open_repository(args) as repo:
+        removed = remove_locks(repo.backend, everything=args.remove_all)
+    if args.json:
+        print_json([{"lock": found.name, "holder": found.describe(), "why": why} for found, why in removed])
+        return EXIT_OK
+    for found, why in removed:
+        print(f"removed {found.name}: {found.describe()} ({why})")
+    print(f"removed {len(removed)} lock(s)")
+    return EXIT_OK
 
 
 def cmd_repair(args: argparse.Namespace) -> int:

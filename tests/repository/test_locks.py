@@ -204,3 +204,19 @@ def test_a_lock_removed_by_another_process_is_lost(repo_path: Path) -> None:
                 writer.flush()
         finally:
             writer.close()
+
+
+def test_verify_names_an_unreadable_lock_and_unlock_removes_it(repo_path: Path) -> None:
+    garbage = repo_path / "locks" / "exclusive-0123456789abcdef"
+    garbage.write_bytes(b"\x00\x01 torn")
+    live = _write_lock(
+        repo_path, "shared-fedcba9876543210", {**_v2_lock(os.getpid(), this_holder().pid_start), "kind": "shared"}
+    )
+    assert_one_line_error(run_vmkeep("verify", "--repo", repo_path), "unreadable lock file")  # it blocks verify too
+    garbage.rename(repo_path / "locks" / "shared-0123456789abcdef")
+    result = run_vmkeep("verify", "--repo", repo_path)
+    assert result.code == 0 and "unreadable lock file locks/shared-0123456789abcdef" in result.out
+    assert run_vmkeep("unlock", "--repo", repo_path).out.strip() == "removed 0 lock(s)"  # neither is stale
+    result = run_vmkeep("unlock", "--repo", repo_path, "--remove-all", "--json")
+    assert result.code == 0 and len(json.loads(result.out)) == 2
+    assert not live.exists() and not list((repo_path / "locks").iterdir())
