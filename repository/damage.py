@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from .exceptions import CorruptRepository
 from .points import format_time, parse_time
-from .validate import hex_id, typed
+from .validate import hex_id, typed, versioned
 
 DAMAGE_DIR = "damage"
 DAMAGE_VERSION = 1
@@ -57,11 +57,7 @@ class DamageRecord:
     @classmethod
     def from_payload(cls, payload: bytes, name: str) -> DamageRecord:
         try:
-            doc = json.loads(payload)
-            if not isinstance(doc, dict):
-                raise TypeError("not a JSON object")
-            if doc.get("version") != DAMAGE_VERSION:
-                raise ValueError(f"unknown version {doc.get('version')!r}")
+            doc = versioned(payload, DAMAGE_VERSION, "damage record")
             copies = []
             for item in typed(doc, "copies", list):
                 if not isinstance(item, dict):

@@ -39,7 +39,7 @@ from types import TracebackType
 
 from .backend import Backend
 from .exceptions import CorruptRepository, LockLost, RepositoryError, RepositoryLocked
-from .validate import number, obj, typed
+from .validate import json_object, number, obj, typed
 
 LOCK_DIR = "locks"
 LOCK_VERSION = 2
@@ -106,9 +106,7 @@ class LockInfo:
     def parse(cls, raw: bytes, name: str) -> LockInfo:
         """A lock file's content; CorruptRepository naming the file if it is not a valid lock."""
         try:
-            doc = json.loads(raw)
-            if not isinstance(doc, dict):
-                raise ValueError("not a JSON object")
+            doc = json_object(raw)
             if doc.get("version") == LOCK_VERSION:
                 h = obj(doc, "holder")
                 holder = Holder(

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from .exceptions import CorruptRepository
-from .validate import hex_id, number, optional, typed
+from .validate import hex_id, number, optional, typed, versioned
 
 POINT_DIR = "points"
 POINT_VERSION = 1
@@ -117,11 +117,7 @@ class RecoveryPoint:
         missing field or another version is damage.
         """
         try:
-            doc = json.loads(payload)
-            if not isinstance(doc, dict):
-                raise TypeError("not a JSON object")
-            if doc.get("version") != POINT_VERSION:
-                raise ValueError(f"unknown point version {doc.get('version')!r}")
+            doc = versioned(payload, POINT_VERSION, "point")
             block_size = typed(doc, "block_size", int)
             if block_size <= 0:
                 raise ValueError("block_size is not positive")

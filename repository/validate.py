@@ -6,9 +6,26 @@ record parsers turn those into ``CorruptRepository`` naming the file.
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def json_object(raw: bytes | str) -> dict[str, Any]:
+    """A JSON document that must be an object (ValueError/TypeError otherwise)."""
+    doc = json.loads(raw)
+    if not isinstance(doc, dict):
+        raise TypeError("not a JSON object")
+    return doc
+
+
+def versioned(raw: bytes | str, version: int, what: str) -> dict[str, Any]:
+    """A JSON object whose ``version`` field must be ``version``."""
+    doc = json_object(raw)
+    if doc.get("version") != version:
+        raise ValueError(f"unknown {what} version {doc.get('version')!r}")
+    return doc
 
 
 def typed(doc: dict[str, Any], key: str, kind: type[T]) -> T:
