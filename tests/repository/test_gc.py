@@ -147,9 +147,15 @@ def test_repack_that_reproduces_a_pack_never_deletes_it(
     points = _backups(repo_path, tmp_path, rounds=0)
     import vmkeep.repository.gc as gc_module
 
-    monkeypatch.setattr(gc_module, "_packs_to_repack", lambda kept, on_disk, target: sorted(kept))
+    monkeypatch.setattr(
+        gc_module,
+        "_packs_to_repack",
+        lambda live, on_disk, target, max_unused, live_bytes: tuple(
+            gc_module.Repack(p, on_disk[p], live[p], small=False) for p in sorted(live)
+        ),
+    )
     with Repository.open(repo_path, None) as repo:
         report = collect_garbage(repo)
-        assert report.packs_repacked > 0
+        assert len(report.done.repack) > 0 and report.packs_after == report.plan.packs_after
         assert verify(repo, read_data=True).ok
     assert _restores(repo_path, tmp_path, points[0][0]) == points[0][1]

@@ -7,17 +7,29 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from vmkeep.repository.points import RecoveryPoint
-from vmkeep.repository.retention import RetentionPolicy, apply_policy
+from vmkeep.repository.retention import ChainDecisions, Decision, RetentionPolicy, apply_policy
 
 
 def _points(vm: str, start: datetime, count: int, step: timedelta) -> list[RecoveryPoint]:
     return [
-        RecoveryPoint(vm=vm, time=start + i * step, disks=[], block_size=1, id=f"{vm}-{i:04d}") for i in range(count)
+        RecoveryPoint(
+            vm=vm,
+            time=start + i * step,
+            disks=[],
+            block_size=1,
+            source={"type": "image", "path": f"/dev/{vm}", "chain": f"/dev/{vm}"},
+            id=f"{vm}-{i:04d}",
+        )
+        for i in range(count)
     ]
 
 
-def _kept(decisions: list, vm: str | None = None) -> list[str]:  # type: ignore[type-arg]
-    return sorted(d.point.id for d in decisions if d.keep and (vm is None or d.point.vm == vm))
+def _flat(chains: list[ChainDecisions]) -> list[Decision]:
+    return [d for chain in chains for d in chain.decisions]
+
+
+def _kept(chains: list[ChainDecisions], vm: str | None = None) -> list[str]:
+    return sorted(d.point.id for d in _flat(chains) if d.keep and (vm is None or d.point.vm == vm))
 
 
 START = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
@@ -36,7 +48,7 @@ def test_keep_daily_keeps_the_newest_of_each_day() -> None:
 
 def test_weekly_monthly_yearly_over_three_years() -> None:
     points = _points("a", START, 3 * 365, timedelta(days=1))  # daily, 2026-01-01 .. 2028-12-30
-    decisions = apply_policy(points, RetentionPolicy(weekly=2, monthly=3, yearly=5), UTC)
+    decisions = _flat(apply_policy(points, RetentionPolicy(weekly=2, monthly=3, yearly=5), UTC))
     kept = {d.point.time.date().isoformat(): d.reasons for d in decisions if d.keep}
     assert kept == {
         "2028-12-30": ["weekly 1", "monthly 1", "yearly 1"],
@@ -53,7 +65,7 @@ def test_policy_is_applied_per_vm_and_reasons_are_given() -> None:
     decisions = apply_policy(points, RetentionPolicy(last=1, daily=2), UTC)
     assert _kept(decisions, "a") == ["a-0003", "a-0004"]
     assert _kept(decisions, "b") == ["b-0003", "b-0004"]
-    newest = next(d for d in decisions if d.point.id == "a-0004")
+    newest = next(d for d in _flat(decisions) if d.point.id == "a-0004")
     assert newest.reasons == ["last 1", "daily 1"]
 
 
@@ -65,6 +77,6 @@ def test_empty_policy_is_refused() -> None:
 def test_a_thousand_points_are_judged_quickly_and_correctly() -> None:
     points = _points("a", START, 1000, timedelta(hours=6))
     decisions = apply_policy(points, RetentionPolicy(last=7, daily=30, weekly=8, monthly=12, yearly=3), UTC)
-    assert len(decisions) == 1000
+    assert len(_flat(decisions)) == 1000
     kept = _kept(decisions)
     assert "a-0999" in kept and len(kept) < 60
