@@ -192,6 +192,7 @@ class GcReport:
             "packs_before": done.packs_before,
             "packs_deleted": len(done.delete),
             "packs_repacked": len(done.repack),
+            "packs_repacked_small": sum(1 for r in done.repack if r.small),  # merged for their size only
             "packs_written": self.packs_written,
             "packs_after": self.packs_after,
             "bytes_before": done.bytes_before,

@@ -336,6 +336,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
             f"{human_size(done.unreclaimed_bytes)} of unused data {'would stay' if report.dry_run else 'stays'} "
             f"in {done.unreclaimed_packs} pack(s){done.unreclaimed_reason.explain(done.max_unused)}"
         )
+    else:
+        print("no unused data " + ("would stay" if report.dry_run else "stays") + " in any pack")
     verb = "would free" if report.dry_run else "freed"
     print(
         f"{verb} {human_size(report.bytes_freed)} ({human_size(done.bytes_before)} -> {human_size(report.bytes_after)})"

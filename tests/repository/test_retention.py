@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from vmkeep.repository.points import RecoveryPoint
-from vmkeep.repository.retention import ChainDecisions, Decision, RetentionPolicy, apply_policy
+from vmkeep.repository.points import ChainKey, RecoveryPoint
+from vmkeep.repository.retention import ChainDecisions, Decision, RetentionPolicy, apply_policy, choose_points
 
 
 def _points(vm: str, start: datetime, count: int, step: timedelta) -> list[RecoveryPoint]:
@@ -80,3 +80,61 @@ def test_a_thousand_points_are_judged_quickly_and_correctly() -> None:
     assert len(_flat(decisions)) == 1000
     kept = _kept(decisions)
     assert "a-0999" in kept and len(kept) < 60
+
+
+def _chain(vm: str, chain: str, start: datetime, count: int) -> list[RecoveryPoint]:
+    return [
+        RecoveryPoint(
+            vm=vm,
+            time=start + timedelta(days=i),
+            disks=[],
+            block_size=1,
+            source={"type": "vsphere", "chain": chain},
+            id=f"{chain}-{i:04d}",
+        )
+        for i in range(count)
+    ]
+
+
+def test_two_vms_of_one_name_are_two_chains() -> None:
+    """web01 on two vCenters: a newer point of one must not crowd the other out of --keep-last 1."""
+    old = _chain("web01", "uuid-a", START, 3)
+    new = _chain("web01", "uuid-b", START + timedelta(days=10), 3)
+    chains = apply_policy(old + new, RetentionPolicy(last=1), UTC)
+    assert [c.chain.chain for c in chains] == ["uuid-a", "uuid-b"]
+    assert _kept(chains) == ["uuid-a-0002", "uuid-b-0002"]
+    assert chains[0].chain.describe() == "VM web01 (vsphere uuid-a)"
+
+
+def test_the_chain_key_is_the_one_backups_continue() -> None:
+    """Retention groups by the key whose ``continues`` picks the base of an incremental."""
+    a, b = _chain("web01", "uuid-a", START, 1)[0], _chain("web01", "uuid-b", START, 1)[0]
+    assert a.chain_key == ChainKey.of("web01", {"type": "vsphere", "chain": "uuid-a"})
+    assert a.chain_key.continues(ChainKey.of("web01", a.source))
+    assert not a.chain_key.continues(b.chain_key)
+    assert not a.chain_key.continues(ChainKey.of("web01", {"type": "image", "chain": "uuid-a"}))
+    assert a.chain_key.continues(ChainKey.of("web01", {"type": "vsphere"}))  # a source without chain id
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [RetentionPolicy(last=1), RetentionPolicy(hourly=1), RetentionPolicy(daily=1), RetentionPolicy(yearly=1)],
+)
+def test_every_rule_keeps_the_newest_point_of_every_chain(policy: RetentionPolicy) -> None:
+    points = (
+        _chain("a", "x", START, 40)
+        + _chain("a", "y", START - timedelta(days=900), 2)
+        + _points("b", START, 3, timedelta(minutes=5))
+    )
+    for chain in apply_policy(points, policy, UTC):
+        assert not chain.keeps_none
+        assert chain.decisions[0].keep  # newest first, and kept
+
+
+def test_choosing_every_point_of_a_chain_is_flagged() -> None:
+    points = _chain("web01", "uuid-a", START, 2) + _chain("db01", "uuid-b", START, 2)
+    chains = choose_points(points, {"uuid-a-0000", "uuid-a-0001", "uuid-b-0000"})
+    by_vm = {c.chain.vm: c for c in chains}
+    assert by_vm["web01"].keeps_none and not by_vm["db01"].keeps_none
+    assert [d.point.id for d in by_vm["db01"].removed] == ["uuid-b-0000"]
+    assert choose_points(points, set()) == []
