@@ -347,18 +347,25 @@ def _carry_out(repo: Repository, plan: GcPlan, reserve_released: bool) -> GcRepo
     try:
         new_packs = _repack(repo, plan)
     except RepositoryFull:
-        log.warning("no room to write repacked packs: repacking skipped, deleting what no point uses")
+        log.info("no room to write repacked packs: repacking skipped, deleting what no point uses")
         done = plan.without_repack(Unreclaimed.NO_SPACE)
         new_packs = {}
     final: dict[str, list[IndexEntry]] = {p: list(entries) for p, entries in done.keep.items()}
     final.update(new_packs)
     new_index_files: set[str] = set(plan.index_files)
     if done.rewrite_index:
+        written: list[str] = []
         try:
-            new_index_files = set(_write_index(repo, final))
+            new_index_files = set(_write_index(repo, final, written))
         except RepositoryFull as exc:
-            for pack in new_packs:  # named by no index: delete them, the old index stays in force
-                repo.backend.delete(pack_path(pack))
+            # The old index stays in force: delete the new index files first, then the packs
+            # only they named (never a pack that existed before, which a repack may reproduce).
+            for name in written:
+                if name not in plan.index_files:
+                    repo.backend.delete(name)
+            for pack in new_packs:
+                if pack not in plan.sizes:
+                    repo.backend.delete(pack_path(pack))
             raise RepositoryFull(
                 f"{exc}: gc could not write its new index and changed nothing but temporary and "
                 "unreferenced files; free some space on the file system and run gc again"
@@ -442,8 +449,8 @@ def _repack(repo: Repository, plan: GcPlan) -> dict[str, list[IndexEntry]]:
     return written
 
 
-def _write_index(repo: Repository, packs: dict[str, list[IndexEntry]]) -> list[str]:
-    names: list[str] = []
+def _write_index(repo: Repository, packs: dict[str, list[IndexEntry]], names: list[str]) -> list[str]:
+    """Write index files naming ``packs``; each name is appended to ``names`` once written."""
     batch: dict[str, list[IndexEntry]] = {}
     count = 0
     for pack, entries in sorted(packs.items()):

@@ -96,7 +96,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--max-unused",
         metavar="LIMIT",
         help="unused space that may remain: a share of the repository (10%%), a size (100M), 0 to repack every "
-        "pack holding garbage, or 'unlimited' (default: repack each pack that is at least 20%% garbage)",
+        "pack holding garbage, or 'unlimited' (default: repack each pack of which more than 20%% is unused)",
     )
     json_option(p)
     p.set_defaults(func=cmd_gc)
@@ -318,8 +318,6 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print_json(report.to_json())
         return EXIT_OK
     done = report.done
-    if report.reserve_released:
-        print("the file system was full: gc deleted the repository's space reserve to start")
     print(f"{done.points} recovery point(s) use {done.live_blobs} blobs ({human_size(done.live_bytes)} stored)")
     would = "would be " if report.dry_run else ""
     print(

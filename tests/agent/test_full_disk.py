@@ -142,3 +142,16 @@ def test_forget_and_gc_work_on_a_full_file_system(small_fs: Path, tmp_path: Path
     restored = run_vmkeep("restore", "latest:vm", "--repo", repo, "--to-dir", tmp_path / "out2", "--json")
     assert restored.code == 0, restored.err
     assert Path(json.loads(restored.out)["disks"][0]["path"]).read_bytes() == image.read_bytes()
+
+
+def test_a_full_file_system_without_a_reserve_is_a_clear_error(small_fs: Path, tmp_path: Path) -> None:
+    repo = small_fs / "repo"
+    assert run_vmkeep("init", repo, "--block-size", "64K").code == 0
+    assert run_vmkeep("backup-image", make_image(tmp_path / "a.img", 200_000), "--repo", repo).code == 0
+    (repo / "reserve").unlink()
+    filler = _fill(small_fs)
+    result = run_vmkeep("forget", "--keep-last", "1", "--repo", repo)
+    assert_one_line_error(result, "no space left", "no space reserve left to delete")
+    filler.unlink()
+    assert run_vmkeep("forget", "--keep-last", "1", "--repo", repo).code == 0
+    assert (repo / "reserve").stat().st_size == 1024 * 1024  # written again once there is room

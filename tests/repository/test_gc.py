@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ import pytest
 import vmkeep.repository.gc as gc_module
 from tests.fixtures.images import make_image, mutate, write_hints
 from tests.fixtures.repos import assert_one_line_error, run_vmkeep
-from vmkeep.repository.exceptions import RepositoryLocked
+from vmkeep.repository.backend import LocalBackend
+from vmkeep.repository.exceptions import RepositoryFull, RepositoryLocked
 from vmkeep.repository.gc import collect_garbage
 from vmkeep.repository.repo import Repository
 from vmkeep.repository.verify import verify
@@ -248,3 +251,28 @@ def test_bad_max_unused_is_a_usage_error(repo_path: Path, value: str) -> None:
     result = run_vmkeep("gc", "--repo", repo_path, f"--max-unused={value}")
     assert_one_line_error(result)
     assert result.code == 2
+
+
+class _IndexWritesFail(LocalBackend):
+    """ENOSPC on index files only. A real full file system cannot be made to accept gc's new
+    packs and then refuse its index (both are written within milliseconds), so this fault is
+    injected; the tmpfs tests in tests/agent/test_full_disk.py cover the rest for real."""
+
+    def _write(self, name: str, chunks: Iterable[bytes | memoryview], defer_sync: bool) -> None:
+        if name.startswith("index/"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super()._write(name, chunks, defer_sync)
+
+
+def test_gc_that_cannot_write_its_index_leaves_the_repository_as_it_was(repo_path: Path, tmp_path: Path) -> None:
+    points = _backups(repo_path, tmp_path, rounds=3)
+    assert run_vmkeep("forget", "--repo", repo_path, "--keep-last", "1").code == 0
+    files = sorted(str(p.relative_to(repo_path)) for p in repo_path.rglob("*") if p.is_file())
+    with Repository.open(repo_path, None) as repo:
+        assert gc_module.plan_gc(repo, gc_module.MaxUnused("0", limit_bytes=0)).new_packs  # it will repack
+        repo.backend = _IndexWritesFail(repo_path)
+        with pytest.raises(RepositoryFull, match="could not write its new index"):
+            collect_garbage(repo, max_unused=gc_module.MaxUnused("0", limit_bytes=0))
+    assert sorted(str(p.relative_to(repo_path)) for p in repo_path.rglob("*") if p.is_file()) == files
+    assert run_vmkeep("verify", "--repo", repo_path, "--read-data").code == 0
+    assert _restores(repo_path, tmp_path, points[-1][0]) == points[-1][1]
