@@ -100,7 +100,6 @@ class Repack:
     """A pack whose live frames are copied into new packs, and why it was chosen."""
 
     pack: str
-    size: int
     live: tuple[IndexEntry, ...]  # in pack order
     small: bool  # chosen only to merge small packs, not for its garbage
 
@@ -139,10 +138,6 @@ class GcPlan:
     def bytes_freed(self) -> int:
         return self.bytes_before - self.bytes_after
 
-    @property
-    def changes_nothing(self) -> bool:
-        return not (self.delete or self.repack or self.rewrite_index)
-
     def without_repack(self, reason: Unreclaimed) -> GcPlan:
         """The same plan with every repacked pack kept as it is (when there is no room to repack)."""
         keep = dict(self.keep)
@@ -171,12 +166,9 @@ class GcReport:
     packs_written: int
     index_files_after: int
     tmp_files_removed: int
+    repack_skipped: bool  # the file system had no room for the new packs
     reserve_released: bool  # the file system was full: the space reserve was deleted to start
     reserve_restored: bool  # and it could be written again at the end
-
-    @property
-    def repack_skipped(self) -> bool:
-        return self.done.unreclaimed_reason is Unreclaimed.NO_SPACE
 
     @property
     def bytes_freed(self) -> int:
@@ -235,6 +227,7 @@ def collect_garbage(repo: Repository, dry_run: bool = False, max_unused: MaxUnus
                 packs_written=len(plan.new_packs),
                 index_files_after=len(plan.index_files),
                 tmp_files_removed=0,
+                repack_skipped=False,
                 reserve_released=released,
                 reserve_restored=restored,
             )
@@ -333,7 +326,7 @@ def _packs_to_repack(
         small_of_type = {p for p in of_type if on_disk[p] < SMALL_PACK_FRACTION * target}
         if len(small_of_type | (chosen & of_type)) >= 2:
             small |= small_of_type - chosen
-    return tuple(Repack(p, on_disk[p], live[p], p in small) for p in sorted(chosen | small))
+    return tuple(Repack(p, live[p], p in small) for p in sorted(chosen | small))
 
 
 def index_has_garbage(index: BlockIndex, kept: Mapping[str, tuple[IndexEntry, ...]]) -> bool:
@@ -392,6 +385,7 @@ def _carry_out(repo: Repository, plan: GcPlan, reserve_released: bool) -> GcRepo
         packs_written=len(new_packs),
         index_files_after=len(new_index_files),
         tmp_files_removed=tmp_removed,
+        repack_skipped=done is not plan,
         reserve_released=reserve_released,
         reserve_restored=restored,
     )

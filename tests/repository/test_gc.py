@@ -154,7 +154,7 @@ def test_repack_that_reproduces_a_pack_never_deletes_it(
         gc_module,
         "_packs_to_repack",
         lambda live, on_disk, target, max_unused, live_bytes: tuple(
-            gc_module.Repack(p, on_disk[p], live[p], small=False) for p in sorted(live)
+            gc_module.Repack(p, live[p], small=False) for p in sorted(live)
         ),
     )
     with Repository.open(repo_path, None) as repo:
