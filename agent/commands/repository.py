@@ -75,8 +75,21 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     repo_options(p)
     p.add_argument("points", nargs="*", metavar="POINT", help="a point to forget: id, unique prefix, latest:VM")
-    for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        p.add_argument(f"--keep-{name}", type=int, default=0, metavar="N", help=f"keep {name} points")
+    p.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest points of each chain")
+    for name, period in (
+        ("hourly", "hour"),
+        ("daily", "day"),
+        ("weekly", "ISO week"),
+        ("monthly", "month"),
+        ("yearly", "year"),
+    ):
+        p.add_argument(
+            f"--keep-{name}",
+            type=int,
+            default=0,
+            metavar="N",
+            help=f"keep the newest point of each of the last N {period}s that have one",
+        )
     p.add_argument("--vm", metavar="NAME", help="apply the policy to points of this VM only")
     p.add_argument("--dry-run", "-n", action="store_true", help="show what would be deleted, delete nothing")
     json_option(p)
