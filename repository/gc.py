@@ -242,23 +242,8 @@ def plan_gc(repo: Repository, max_unused: MaxUnused) -> GcPlan:
     live = reachable_blobs(repo, points)
     on_disk = {pack_name_of(f.name): f.size for f in repo.backend.list(PACK_DIR)}
 
-    # One location per live blob, in a pack that exists; every other entry is garbage.
-    kept: dict[str, list[IndexEntry]] = {}
-    chosen: set[bytes] = set()
-    named: set[str] = set()
-    for loc in index.locations():
-        named.add(loc.pack)
-        bid = loc.entry.blob_id
-        if bid in live and bid not in chosen and loc.pack in on_disk:
-            chosen.add(bid)
-            kept.setdefault(loc.pack, []).append(loc.entry)
-    missing = live - chosen
-    if missing:
-        raise BlockMissing(
-            f"{len(missing)} blobs that recovery points use are in no pack "
-            f"(e.g. {next(iter(missing)).hex()[:16]}); "
-            "gc refuses to run on a damaged repository: run 'vmkeep verify'"
-        )
+    kept = _choose_copies(index, live, on_disk)
+    named = set(index.packs())
     live_entries = {p: tuple(sorted(entries, key=lambda e: e.offset)) for p, entries in kept.items()}
     live_bytes = sum(e.length for entries in live_entries.values() for e in entries)
 
@@ -293,6 +278,25 @@ def plan_gc(repo: Repository, max_unused: MaxUnused) -> GcPlan:
         unreclaimed_reason=reason,
         max_unused=max_unused,
     )
+
+
+def _choose_copies(index: BlockIndex, live: set[bytes], on_disk: Mapping[str, int]) -> dict[str, list[IndexEntry]]:
+    """One location per live blob, in a pack that exists, by pack; every other entry is garbage."""
+    kept: dict[str, list[IndexEntry]] = {}
+    chosen: set[bytes] = set()
+    for loc in index.locations():
+        bid = loc.entry.blob_id
+        if bid in live and bid not in chosen and loc.pack in on_disk:
+            chosen.add(bid)
+            kept.setdefault(loc.pack, []).append(loc.entry)
+    missing = live - chosen
+    if missing:
+        raise BlockMissing(
+            f"{len(missing)} blobs that recovery points use are in no pack "
+            f"(e.g. {next(iter(missing)).hex()[:16]}); "
+            "gc refuses to run on a damaged repository: run 'vmkeep verify'"
+        )
+    return kept
 
 
 def _garbage(size: int, live: tuple[IndexEntry, ...]) -> int:
