@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import blake3
 
 from .exceptions import CorruptRepository
-from .format import FORMAT, FRAME_HEADER_SIZE, FrameHeader
+from .format import FORMAT, FRAME_HEADER_SIZE, BlobType, FrameHeader
 from .index import IndexEntry
 
 PACK_DIR = "data"
@@ -51,11 +51,50 @@ class PackBuilder:
 
     @property
     def full(self) -> bool:
-        return self.size >= self.target_size
+        return pack_is_full(self.size, self.target_size)
 
     @property
     def empty(self) -> bool:
         return not self.entries
+
+
+def pack_is_full(size: int, target_size: int) -> bool:
+    """The one rule for closing a pack: once it has reached the target size (plus one frame at most)."""
+    return size >= target_size
+
+
+@dataclass(frozen=True)
+class PackLayout:
+    """One pack-to-be: its frames (source pack, entry), in order, and its size once written."""
+
+    blob_type: BlobType
+    frames: tuple[tuple[str, IndexEntry], ...]
+    size: int
+
+
+def lay_out_packs(frames: Iterable[tuple[str, IndexEntry]], target_size: int) -> list[PackLayout]:
+    """How frames, added in this order, fill new packs: one open pack per blob type, each
+    closed by ``pack_is_full`` as ``PackBuilder`` closes it, the last ones closed at the end.
+
+    gc plans its repack with this and then writes exactly these packs, so what it announces
+    (packs and bytes after) is what it does.
+    """
+    open_packs: dict[BlobType, tuple[list[tuple[str, IndexEntry]], int]] = {}
+    done: list[PackLayout] = []
+    for pack, entry in frames:
+        members, size = open_packs.get(entry.blob_type, ([], len(FORMAT.PACK_MAGIC)))
+        members.append((pack, entry))
+        size += entry.length
+        if pack_is_full(size, target_size):
+            done.append(PackLayout(entry.blob_type, tuple(members), size))
+            open_packs.pop(entry.blob_type, None)
+        else:
+            open_packs[entry.blob_type] = (members, size)
+    for blob_type in BlobType:  # the same order as BlobWriter and gc flush their last packs
+        if blob_type in open_packs:
+            members, size = open_packs[blob_type]
+            done.append(PackLayout(blob_type, tuple(members), size))
+    return done
 
 
 def iter_frames(data: bytes, where: str) -> Iterator[tuple[int, FrameHeader, memoryview]]:

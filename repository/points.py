@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -67,6 +68,44 @@ class DiskRecord:
         )
 
 
+@dataclass(frozen=True)
+class ChainKey:
+    """Which VM a point belongs to: its name, the kind of source, and the source's chain id.
+
+    ``chain`` identifies the VM beyond its name (the vSphere instance uuid, an image's path):
+    two VMs called web01 on two vCenters are two chains. Backups continue a chain (the base of
+    an incremental is the newest point of the same chain) and retention judges each chain on
+    its own, both through this one key.
+    """
+
+    vm: str
+    source_type: str
+    chain: str | None
+
+    @classmethod
+    def of(cls, vm: str, source: Mapping[str, Any]) -> ChainKey:
+        chain = source.get("chain")
+        return cls(vm, str(source.get("type", "")), None if chain is None else str(chain))
+
+    def continues(self, other: ChainKey) -> bool:
+        """Same VM name and kind of source and, where both record one, the same chain id."""
+        if (self.vm, self.source_type) != (other.vm, other.source_type):
+            return False
+        return self.chain is None or other.chain is None or self.chain == other.chain
+
+    @property
+    def sort_key(self) -> tuple[str, str, str]:
+        return self.vm, self.source_type, self.chain or ""
+
+    def describe(self) -> str:
+        """``VM web01 (image /dev/vg0/web01)``: how the CLI names a chain."""
+        source = " ".join(part for part in (self.source_type, self.chain) if part)
+        return f"VM {self.vm}" + (f" ({source})" if source else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vm": self.vm, "source_type": self.source_type, "chain": self.chain}
+
+
 @dataclass
 class RecoveryPoint:
     vm: str
@@ -86,6 +125,10 @@ class RecoveryPoint:
         if self.disks and all(d.mode == MODE_INCREMENTAL for d in self.disks):
             return MODE_INCREMENTAL
         return MODE_FULL
+
+    @property
+    def chain_key(self) -> ChainKey:
+        return ChainKey.of(self.vm, self.source)
 
     @property
     def short_id(self) -> str:

@@ -27,6 +27,7 @@ from .keys import Keys, dump_keys, load_keys
 from .locks import LOCK_DIR, Lock
 from .packs import PACK_DIR, pack_path
 from .points import POINT_DIR, RecoveryPoint
+from .reserve import ensure_reserve
 from .tree import Geometry, iter_block_ids, leaf_ids
 from .writer import INDEX_DIR, BlobWriter, content_name
 
@@ -74,6 +75,7 @@ class Repository:
             raise RepositoryError(f"cannot create {path}: {exc.strerror}") from None
         backend = LocalBackend(path)
         backend.write(KEYS_FILE, [keys_content])
+        ensure_reserve(backend)  # lets forget and gc start on a full file system (reserve.py)
         backend.write(CONFIG_FILE, [config.dump()])  # last: a repository exists once it has a config
         return cls(backend, config, keys, str(path))
 
@@ -288,12 +290,16 @@ class Repository:
             if not points:
                 raise PointNotFound("the repository holds no recovery point" + (f" of VM {vm!r}" if vm else ""))
             return points[-1]
+        return self.load_point(self.point_id(ref))
+
+    def point_id(self, ref: str) -> str:
+        """The id that is, or alone starts with, ``ref``; found by name, the file is not read."""
         matches = [pid for pid in self.point_ids() if pid.startswith(ref.lower())]
         if not ref or not matches:
             raise PointNotFound(f"no recovery point {ref!r}")
         if len(matches) > 1:
             raise AmbiguousPoint(f"{ref!r} matches {len(matches)} recovery points; give more digits")
-        return self.load_point(matches[0])
+        return matches[0]
 
     def delete_point(self, point_id: str) -> None:
         self.backend.delete(f"{POINT_DIR}/{point_id}")

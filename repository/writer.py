@@ -157,9 +157,15 @@ def write_index_file(backend: Backend, codec: Codec, packs: dict[str, list[Index
     return name
 
 
-def write_index_files(backend: Backend, codec: Codec, packs: dict[str, list[IndexEntry]]) -> list[str]:
-    """Write index files naming ``packs`` (durable already), ``INDEX_EVERY`` entries or so each."""
-    names: list[str] = []
+def write_index_files(
+    backend: Backend, codec: Codec, packs: dict[str, list[IndexEntry]], written: list[str] | None = None
+) -> list[str]:
+    """Write index files naming ``packs`` (durable already), ``INDEX_EVERY`` entries or so each.
+
+    Each name is also appended to ``written`` as soon as its file is durable, so a caller that
+    fails half-way knows what to remove.
+    """
+    names: list[str] = [] if written is None else written
     batch: dict[str, list[IndexEntry]] = {}
     count = 0
     for pack, entries in sorted(packs.items()):

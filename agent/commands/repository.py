@@ -7,16 +7,19 @@ most of a small incremental backup's run time, so modules a backup does not need
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmkeep.repository.config import DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_PACK_SIZE, RepoConfig
-from vmkeep.repository.points import format_time
+from vmkeep.repository.points import RecoveryPoint, format_time
 from vmkeep.repository.repo import Repository
 
 from .. import secrets
 from ..exceptions import ConfigError
 from ..output import human_size, parse_size, print_json, print_table
 from .common import EXIT_DAMAGED, EXIT_OK, json_option, open_repository, repo_options, repo_path
+
+if TYPE_CHECKING:
+    from vmkeep.repository.gc import MaxUnused
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,14 +65,31 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser(
         "forget",
-        help="delete recovery points by a retention policy",
-        description="Delete recovery points that the --keep-* policy does not keep, per VM. "
-        "Space is reclaimed by gc. Calendar periods are counted in this machine's time zone.",
+        help="delete recovery points: chosen ones, or those a retention policy does not keep",
+        description="Delete the recovery points given (ids, unique id prefixes, latest or latest:VM), or the "
+        "points the --keep-* policy does not keep. A policy judges each VM's chain on its own (VM name, kind "
+        "of source, and the vSphere instance uuid or image path), and keeps at least the newest point of every "
+        "chain. Calendar periods are counted in this machine's time zone. A damaged point file can be "
+        "forgotten by its id. Space is reclaimed by gc. Works on a full file system (see docs/FORMAT.md).",
     )
     repo_options(p)
-    for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        p.add_argument(f"--keep-{name}", type=int, default=0, metavar="N", help=f"keep {name} points")
-    p.add_argument("--vm", metavar="NAME", help="only consider points of this VM")
+    p.add_argument("points", nargs="*", metavar="POINT", help="a point to forget: id, unique prefix, latest:VM")
+    p.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest points of each chain")
+    for name, period in (
+        ("hourly", "hour"),
+        ("daily", "day"),
+        ("weekly", "ISO week"),
+        ("monthly", "month"),
+        ("yearly", "year"),
+    ):
+        p.add_argument(
+            f"--keep-{name}",
+            type=int,
+            default=0,
+            metavar="N",
+            help=f"keep the newest point of each of the last N {period}s that have one",
+        )
+    p.add_argument("--vm", metavar="NAME", help="apply the policy to points of this VM only")
     p.add_argument("--dry-run", "-n", action="store_true", help="show what would be deleted, delete nothing")
     json_option(p)
     p.set_defaults(func=cmd_forget)
@@ -77,11 +97,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser(
         "gc",
         help="reclaim space no recovery point uses",
-        description="Delete blocks that no recovery point references, repacking packs that are mostly garbage. "
-        "Takes an exclusive lock: it waits for no one and refuses to run while a backup holds the repository.",
+        description="Delete blocks that no recovery point references, repacking packs that hold garbage, and say "
+        "what unused space stays and why. --dry-run prints the same plan the real run carries out. Takes an "
+        "exclusive lock: it waits for no one and refuses to run while a backup holds the repository. On a full "
+        "file system it deletes first and skips repacking if it cannot write.",
     )
     repo_options(p)
-    p.add_argument("--dry-run", "-n", action="store_true", help="report what would be freed, change nothing")
+    p.add_argument("--dry-run", "-n", action="store_true", help="report what would be done, change nothing")
+    p.add_argument(
+        "--max-unused",
+        metavar="LIMIT",
+        help="unused space that may remain: a share of the repository (10%%), a size (100M), 0 to repack every "
+        "pack holding garbage, or 'unlimited' (default: repack each pack of which more than 20%% is unused)",
+    )
     json_option(p)
     p.set_defaults(func=cmd_gc)
 
@@ -194,78 +222,152 @@ def cmd_points(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from vmkeep.repository.retention import RetentionPolicy, apply_policy
+    from vmkeep.repository.reserve import ensure_reserve, lock_making_room
+    from vmkeep.repository.retention import ChainDecisions, RetentionPolicy, apply_policy, choose_points
 
-    policy = RetentionPolicy(
-        last=args.keep_last,
-        hourly=args.keep_hourly,
-        daily=args.keep_daily,
-        weekly=args.keep_weekly,
-        monthly=args.keep_monthly,
-        yearly=args.keep_yearly,
-    )
-    if policy.empty():
-        raise ConfigError("no --keep-* option given: refusing to forget every recovery point")
-    if (
-        min(args.keep_last, args.keep_hourly, args.keep_daily, args.keep_weekly, args.keep_monthly, args.keep_yearly)
-        < 0
-    ):
+    keep = {name: getattr(args, f"keep_{name}") for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly")}
+    policy = RetentionPolicy(**keep)
+    if args.points and (not policy.empty() or args.vm):
+        raise ConfigError("give either recovery points to forget or --keep-*/--vm rules, not both")
+    if not args.points and policy.empty():
+        raise ConfigError("no POINT and no --keep-* option given: refusing to forget every recovery point")
+    if min(keep.values()) < 0:
         raise ConfigError("--keep-* values cannot be negative")
-    with open_repository(args) as repo, repo.lock("forget"):
-        decisions = apply_policy(repo.points(args.vm), policy)
-        if not args.dry_run:
-            for d in decisions:
-                if not d.keep:
-                    repo.delete_point(d.point.id)
+    with open_repository(args) as repo:
+        lock, _released = lock_making_room(repo, "forget")
+        with lock:
+            scan = repo.scan_points()
+            readable, damaged = scan.points, scan.damaged
+            forget_damaged: list[str] = []
+            chains: list[ChainDecisions]
+            if args.points:
+                chosen = [_point_id(repo, ref) for ref in args.points]
+                forget_damaged = sorted({pid for pid in chosen if pid in damaged})
+                chains = choose_points(readable, set(chosen))
+            else:
+                chains = apply_policy([p for p in readable if args.vm is None or p.vm == args.vm], policy)
+            if not args.dry_run:
+                for chain in chains:
+                    for d in chain.removed:
+                        repo.delete_point(d.point.id)
+                for pid in forget_damaged:
+                    repo.delete_point(pid)
+            ensure_reserve(repo.backend)
+    decisions = [d for chain in chains for d in chain.decisions]
     removed = [d for d in decisions if not d.keep]
+    warnings = [
+        f"{chain.chain.describe()}: every one of its {len(chain.decisions)} point(s) "
+        f"{'would be' if args.dry_run else 'is'} forgotten; its next backup reads everything"
+        for chain in chains
+        if chain.keeps_none
+    ]
+    if not args.points:
+        warnings += [
+            f"point {pid[:12]} is damaged ({reason}): no policy can judge it; 'vmkeep forget {pid[:12]}' deletes it"
+            for pid, reason in sorted(damaged.items())
+        ]
     if args.json:
         print_json(
             {
                 "dry_run": args.dry_run,
-                "keep": [
-                    {"id": d.point.id, "vm": d.point.vm, "time": format_time(d.point.time), "reasons": d.reasons}
-                    for d in decisions
-                    if d.keep
+                "keep": [_point_doc(d.point) | {"reasons": d.reasons} for d in decisions if d.keep],
+                "remove": [_point_doc(d.point) for d in removed],
+                "remove_damaged": [{"id": pid, "error": damaged[pid]} for pid in forget_damaged],
+                "chains": [
+                    chain.chain.to_json()
+                    | {"kept": len(chain.kept), "removed": len(chain.removed), "keeps_none": chain.keeps_none}
+                    for chain in chains
                 ],
-                "remove": [{"id": d.point.id, "vm": d.point.vm, "time": format_time(d.point.time)} for d in removed],
+                "warnings": warnings,
             }
         )
         return EXIT_OK
+    verb = "would remove" if args.dry_run else "removed"
     rows = [
         [
             d.point.short_id,
             format_time(d.point.time)[:19].replace("T", " "),
             d.point.vm,
-            "keep" if d.keep else ("would remove" if args.dry_run else "removed"),
+            "keep" if d.keep else verb,
             ", ".join(d.reasons),
         ]
         for d in decisions
+        if not args.points or not d.keep
     ]
+    rows += [[pid[:12], "?", "?", f"{verb} (damaged: {damaged[pid]})", ""] for pid in forget_damaged]
     if rows:
         print_table(["ID", "TIME (UTC)", "VM", "ACTION", "KEPT BY"], rows)
-    verb = "would remove" if args.dry_run else "removed"
-    print(f"{verb} {len(removed)} of {len(decisions)} recovery point(s); run 'vmkeep gc' to reclaim space")
+    for warning in warnings:
+        print(f"warning: {warning}")
+    total = len(removed) + len(forget_damaged)
+    considered = len(decisions) + len(forget_damaged)
+    print(f"{verb} {total} of {considered} recovery point(s); run 'vmkeep gc' to reclaim space")
     return EXIT_OK
 
 
-def cmd_gc(args: argparse.Namespace) -> int:
-    from vmkeep.repository.gc import collect_garbage
+def _point_id(repo: Repository, ref: str) -> str:
+    """A point's id from an id, a unique prefix (the file need not be readable), or latest[:VM]."""
+    if ref == "latest" or ref.startswith("latest:"):
+        return repo.find_point(ref).id
+    return repo.point_id(ref)
 
+
+def _point_doc(point: RecoveryPoint) -> dict[str, Any]:
+    return {"id": point.id, "vm": point.vm, "time": format_time(point.time), "chain": point.chain_key.to_json()}
+
+
+def parse_max_unused(text: str) -> MaxUnused:
+    """``10%``, ``100M``, ``0`` or ``unlimited``, as restic's ``prune --max-unused``."""
+    from vmkeep.repository.gc import MaxUnused
+
+    value = text.strip().lower()
+    if value == "unlimited":
+        return MaxUnused(text, percent=100.0)
+    if value.endswith("%"):
+        try:
+            percent = float(value[:-1])
+        except ValueError:
+            raise ConfigError(f"--max-unused: not a percentage: {text!r}") from None
+        if not 0 <= percent <= 100:
+            raise ConfigError(f"--max-unused: a percentage from 0% to 100%, not {text!r}")
+        return MaxUnused(text, percent=percent)
+    return MaxUnused(text, limit_bytes=parse_size(value))
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from vmkeep.repository.gc import MaxUnused, collect_garbage
+
+    max_unused = parse_max_unused(args.max_unused) if args.max_unused is not None else MaxUnused()
     with open_repository(args) as repo:
-        report = collect_garbage(repo, dry_run=args.dry_run)
+        report = collect_garbage(repo, dry_run=args.dry_run, max_unused=max_unused)
     if args.json:
-        print_json({**vars(report), "bytes_freed": report.bytes_freed})
+        print_json(report.to_json())
         return EXIT_OK
+    done = report.done
+    print(f"{done.points} recovery point(s) use {done.live_blobs} blobs ({human_size(done.live_bytes)} stored)")
+    would = "would be " if report.dry_run else ""
+    print(
+        f"packs: {done.packs_before} before, {len(done.delete)} {would}deleted, {len(done.repack)} {would}repacked "
+        f"into {report.packs_written} new, {report.packs_after} after"
+    )
+    if report.repack_skipped:
+        print(
+            f"repacking skipped: no room on the file system to write the {len(report.plan.new_packs)} new pack(s) "
+            f"the plan needed"
+        )
+    if done.unreclaimed_bytes:
+        print(
+            f"{human_size(done.unreclaimed_bytes)} of unused data {'would stay' if report.dry_run else 'stays'} "
+            f"in {done.unreclaimed_packs} pack(s){done.unreclaimed_reason.explain(done.max_unused)}"
+        )
+    else:
+        print("no unused data " + ("would stay" if report.dry_run else "stays") + " in any pack")
     verb = "would free" if report.dry_run else "freed"
-    print(f"{report.points} recovery point(s) use {report.live_blobs} blobs")
     print(
-        f"packs: {report.packs_before} before, {report.packs_deleted} deleted, "
-        f"{report.packs_repacked} repacked into {report.packs_written}, {report.packs_after} after"
+        f"{verb} {human_size(report.bytes_freed)} ({human_size(done.bytes_before)} -> {human_size(report.bytes_after)})"
     )
-    print(
-        f"{verb} {human_size(report.bytes_freed)} ({human_size(report.bytes_before)} -> "
-        f"{human_size(report.bytes_after)})"
-    )
+    if report.reserve_released and not report.reserve_restored and not report.dry_run:
+        print("warning: no room to write the space reserve again; free some space on the file system")
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from vmkeep.hypervisors.base import BackupSession, DiskInfo
 from vmkeep.repository.exceptions import CorruptRepository
 from vmkeep.repository.format import FORMAT, BlobType
-from vmkeep.repository.points import DiskRecord, RecoveryPoint
+from vmkeep.repository.points import ChainKey, DiskRecord, RecoveryPoint
 from vmkeep.repository.repo import Repository
 from vmkeep.repository.tree import Geometry, build_root, leaf_refs, make_node
 from vmkeep.repository.writer import BlobWriter
@@ -85,22 +85,10 @@ def backup_vm(
         job.writer.close()
 
 
-def same_chain(point: RecoveryPoint, source: dict[str, object]) -> bool:
-    """Whether ``point`` was made from the same VM as ``source`` describes.
-
-    Same name and kind of source, and, where both record one, the same ``chain`` (the vSphere
-    VM's instance uuid, an image's path): two VMs of one name on two vCenters keep two chains.
-    """
-    if point.source.get("type") != source.get("type"):
-        return False
-    theirs, ours = point.source.get("chain"), source.get("chain")
-    return theirs is None or ours is None or theirs == ours
-
-
 def chain_points(repo: Repository, session: BackupSession) -> list[RecoveryPoint]:
-    """Earlier points of the VM behind ``session``, oldest first."""
-    source = session.source_info()
-    return [p for p in repo.points(session.vm_name) if same_chain(p, source)]
+    """Earlier points of the VM behind ``session`` (its chain, ``ChainKey.continues``), oldest first."""
+    key = ChainKey.of(session.vm_name, session.source_info())
+    return [p for p in repo.points(session.vm_name) if p.chain_key.continues(key)]
 
 
 def previous_point(repo: Repository, session: BackupSession) -> RecoveryPoint | None:
