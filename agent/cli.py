@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from types import FrameType
 
 from vmkeep.hypervisors.exceptions import SourceError
-from vmkeep.repository.exceptions import RepositoryError
+from vmkeep.repository.exceptions import CorruptRepository, RepositoryError
 
-from .commands import backup, demo, repository, restore, vsphere
-from .commands.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from .commands import backup, demo, key, repository, restore, vsphere
+from .commands.common import EXIT_DAMAGED, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .engine import cancel
 from .engine.exceptions import EngineError, Interrupted
 from .exceptions import AgentError, ConfigError
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_parsers(sub)
     vsphere.add_parsers(sub)
     restore.add_parsers(sub)
+    key.add_parsers(sub)
     demo.add_parsers(sub)
     return parser
 
@@ -51,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted):
         _error("interrupted; the job was cleaned up and nothing was committed")
         return EXIT_INTERRUPTED
+    except CorruptRepository as exc:
+        _error(f"corrupt repository: {exc}")
+        return EXIT_DAMAGED
     except (AgentError, RepositoryError, SourceError, EngineError) as exc:
         _error(str(exc))
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE

@@ -1,16 +1,24 @@
-"""The repository's ``config`` file: parameters fixed at ``init``."""
+"""The repository's ``config`` file: parameters fixed at ``init``.
+
+Parsed into a typed record and checked field by field: a wrong type, a missing or unknown field,
+or an unknown format version is a CorruptRepository naming ``config`` and what is wrong.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .exceptions import NotARepository
+from .exceptions import CorruptRepository
 from .format import FORMAT
-from .keys import ENCRYPTION_AES_GCM, ENCRYPTION_NONE
+from .keys import Encryption
+
+CONFIG_FILE = "config"
+_REPO_ID = re.compile(r"^[0-9a-f]{32}$")
 
 MIN_BLOCK_SIZE = 4 * 1024
 MAX_BLOCK_SIZE = 64 * 1024 * 1024
@@ -27,7 +35,7 @@ class RepoConfig:
     tree_fanout: int
     pack_size: int
     compression_level: int
-    encryption: str
+    encryption: Encryption
     created: str
     version: int = FORMAT.VERSION
 
@@ -46,7 +54,7 @@ class RepoConfig:
             tree_fanout=tree_fanout,
             pack_size=pack_size,
             compression_level=compression_level,
-            encryption=ENCRYPTION_AES_GCM if encrypted else ENCRYPTION_NONE,
+            encryption=Encryption.AES_256_GCM if encrypted else Encryption.NONE,
             created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         )
         config.validate()
@@ -62,8 +70,14 @@ class RepoConfig:
             raise ValueError("pack size must lie between the block size and 1 GiB")
         if not 0 <= self.compression_level <= 22:
             raise ValueError("compression level must be 0 (off) to 22")
-        if self.encryption not in (ENCRYPTION_NONE, ENCRYPTION_AES_GCM):
+        if not isinstance(self.encryption, Encryption):
             raise ValueError(f"unknown encryption {self.encryption!r}")
+        if not _REPO_ID.match(self.repo_id):
+            raise ValueError(f"repo_id must be 32 hex digits, not {self.repo_id!r}")
+        try:
+            datetime.fromisoformat(self.created.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"created is not an ISO 8601 time: {self.created!r}") from None
 
     def dump(self) -> bytes:
         doc: dict[str, Any] = {"vmkeep_repository": self.version, **asdict(self)}
@@ -71,17 +85,51 @@ class RepoConfig:
         return (json.dumps(doc, indent=2) + "\n").encode()
 
     @classmethod
-    def load(cls, content: bytes, where: str) -> RepoConfig:
+    def load(cls, content: bytes, where: str = CONFIG_FILE) -> RepoConfig:
+        """Parse and check ``config``; CorruptRepository says what is wrong with it."""
         try:
             doc = json.loads(content)
-            version = doc.pop("vmkeep_repository")
-            config = cls(version=version, **doc)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise NotARepository(f"{where} is not a vmkeep repository config") from None
+        except ValueError as exc:
+            raise CorruptRepository(f"{where}: not JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise CorruptRepository(f"{where}: not a JSON object")
+        version = doc.pop("vmkeep_repository", None)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CorruptRepository(f"{where}: no format version (vmkeep_repository)")
         if version != FORMAT.VERSION:
-            raise NotARepository(f"{where}: unsupported repository format version {version}")
+            raise CorruptRepository(
+                f"{where}: unknown format version {version} (this vmkeep reads version {FORMAT.VERSION})"
+            )
+        expected = _FIELD_TYPES
+        missing, unknown = expected.keys() - doc.keys(), doc.keys() - expected.keys()
+        if missing or unknown:
+            what = [f"missing {', '.join(sorted(missing))}"] if missing else []
+            what += [f"unexpected {', '.join(sorted(unknown))}"] if unknown else []
+            raise CorruptRepository(f"{where}: {'; '.join(what)}")
+        for name, wanted in expected.items():
+            value = doc[name]
+            if not isinstance(value, wanted) or isinstance(value, bool):
+                raise CorruptRepository(f"{where}: {name} must be {'an integer' if wanted is int else 'text'}")
+        value = doc.pop("encryption")
+        try:
+            encryption = Encryption(value)
+        except ValueError:
+            raise CorruptRepository(f"{where}: unknown encryption {value!r}") from None
+        config = cls(version=version, encryption=encryption, **doc)
         try:
             config.validate()
         except ValueError as exc:
-            raise NotARepository(f"{where}: {exc}") from None
+            raise CorruptRepository(f"{where}: {exc}") from None
         return config
+
+
+# The JSON type of each field of ``config`` (besides ``vmkeep_repository``).
+_FIELD_TYPES: dict[str, type] = {
+    "repo_id": str,
+    "block_size": int,
+    "tree_fanout": int,
+    "pack_size": int,
+    "compression_level": int,
+    "encryption": str,
+    "created": str,
+}

@@ -1,0 +1,62 @@
+"""The config file: a typed, versioned record; anything else is a corrupt repository naming config."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.repos import small_config
+from vmkeep.repository.config import RepoConfig
+from vmkeep.repository.exceptions import CorruptRepository, NotARepository
+from vmkeep.repository.keys import Encryption
+from vmkeep.repository.repo import Repository
+
+
+def test_round_trip() -> None:
+    config = small_config(encrypted=True)
+    loaded = RepoConfig.load(config.dump())
+    assert loaded == config and loaded.encryption is Encryption.AES_256_GCM
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"vmkeep_repository": 2}, "unknown format version 2 (this vmkeep reads version 1)"),
+        ({"vmkeep_repository": "1"}, "no format version"),
+        ({"vmkeep_repository": None}, "no format version"),
+        ({"block_size": "65536"}, "block_size must be an integer"),
+        ({"block_size": True}, "block_size must be an integer"),
+        ({"block_size": 65537}, "block size must be a power of two"),
+        ({"tree_fanout": 1.5}, "tree_fanout must be an integer"),
+        ({"encryption": "rot13"}, "unknown encryption 'rot13'"),
+        ({"encryption": None}, "missing encryption"),
+        ({"repo_id": "xyz"}, "repo_id must be 32 hex digits"),
+        ({"created": "yesterday"}, "created is not an ISO 8601 time"),
+        ({"colour": "blue"}, "unexpected colour"),
+    ],
+)
+def test_wrong_types_versions_and_fields_are_corruption(changes: dict[str, Any], message: str) -> None:
+    doc = json.loads(small_config().dump())
+    doc.update(changes)
+    doc = {k: v for k, v in doc.items() if v is not None}
+    with pytest.raises(CorruptRepository, match=f"^config: {re.escape(message)}"):
+        RepoConfig.load(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("content", [b"{ garbage", b"\xff", b"[]", b"7"])
+def test_garbage_is_corruption(content: bytes) -> None:
+    with pytest.raises(CorruptRepository, match=r"^config: not"):
+        RepoConfig.load(content)
+
+
+def test_open_tells_a_damaged_config_from_no_repository(repo_path: Path, tmp_path: Path) -> None:
+    (repo_path / "config").write_text('{"vmkeep_repository": 1, "block_size": "big"}')
+    with pytest.raises(CorruptRepository, match=r"^config: missing"):
+        Repository.open(repo_path, None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotARepository, match="no config file"):
+        Repository.open(tmp_path / "empty", None)
