@@ -16,7 +16,7 @@ from vmkeep.repository.repo import Repository
 from .. import secrets
 from ..exceptions import ConfigError
 from ..output import human_size, parse_size, print_json, print_table
-from .common import EXIT_DAMAGED, EXIT_OK, json_option, open_repository, repo_options, repo_path
+from .common import EXIT_DAMAGED, EXIT_OK, json_option, no_lock_option, open_repository, repo_options, repo_path
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,6 +57,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="store_true",
         help="also compute each point's unique size: what deleting it alone would free (reads all tree nodes)",
     )
+    no_lock_option(p)
     json_option(p)
     p.set_defaults(func=cmd_points)
 
@@ -93,6 +94,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     repo_options(p)
     p.add_argument("--read-data", action="store_true", help="read and check every stored byte")
+    no_lock_option(p)
     json_option(p)
     p.set_defaults(func=cmd_verify)
 
@@ -130,7 +132,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_points(args: argparse.Namespace) -> int:
     from vmkeep.repository.stats import unique_sizes
 
-    with open_repository(args) as repo:
+    with open_repository(args) as repo, repo.lock("points"):
         points = repo.points(args.vm)
         sizes = unique_sizes(repo, repo.points()) if args.sizes else {}
     if args.json:

@@ -10,7 +10,7 @@ from ..engine.restore import disk_images, restore_point_to_dir
 from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from ..terminal import TerminalProgress
-from .common import EXIT_OK, json_option, open_repository, repo_options
+from .common import EXIT_OK, json_option, no_lock_option, open_repository, repo_options
 from .vsphere import tls_options
 
 
@@ -50,6 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     host.add_argument("--no-verify", action="store_true", help="skip reading the uploaded disks back")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, metavar="N", help="reader threads")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    no_lock_option(p)
     json_option(p)
     p.set_defaults(func=cmd_restore)
 
