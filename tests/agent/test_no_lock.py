@@ -66,6 +66,8 @@ def test_restore_verify_and_points_from_a_read_only_mount(
     assert "no errors found" in checked.out
     listed = run_vmkeep("points", "--repo", read_only, "--no-lock", "--json")
     assert listed.code == 0 and len(json.loads(listed.out)) == 1
+    compared = run_vmkeep("verify", "--repo", read_only, "--against-source", image, "--no-lock")
+    assert compared.code == 0, compared.out + compared.err
 
 
 def test_exclusive_operations_do_not_take_no_lock(backed_up: tuple[Path, Path]) -> None:
