@@ -110,3 +110,19 @@ def test_a_resized_source_and_bad_use_are_reported(repo: Path, tmp_path: Path) -
     assert_one_line_error(
         run_vmkeep("verify", "--repo", repo, "--against-source", tmp_path / "missing.img"), "cannot open image"
     )
+
+
+def test_full_every_makes_images_read_in_full_periodically(repo: Path, tmp_path: Path) -> None:
+    image = make_disk(tmp_path / "app01.img")
+    hints = write_hints(tmp_path / "hints.json", [Change(0, BLOCK)])
+    kinds, reasons = [], []
+    for _ in range(3):
+        result = run_vmkeep("backup-image", image, "--repo", repo, "--hints", hints, "--full-every", "2", "--json")
+        assert result.code == 0, result.err
+        disk = json.loads(result.out)["disks"][0]
+        kinds.append(disk["mode"])
+        reasons.append(disk["reason"] or "")
+    assert kinds == ["full", "incremental", "full"]
+    assert "--full-every" in reasons[2]
+    bad = run_vmkeep("backup-image", image, "--repo", repo, "--full-every", "0")
+    assert bad.code == 2 and "--full-every: must be a whole number of at least 1" in bad.err
