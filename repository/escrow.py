@@ -47,7 +47,9 @@ def import_keys(path: Path, document: KeysDocument, where: str, passphrase: byte
             f"{where} holds the keys of repository {document.repo_id}, not of {path} ({config.repo_id})"
         )
     if document.encryption != config.encryption:
-        raise RepositoryError(f"{where} is for an {document.encryption} repository; {path} is {config.encryption}")
+        raise RepositoryError(
+            f"{where} is for a repository with encryption {document.encryption}; {path} has {config.encryption}"
+        )
     keys = document.unwrap(passphrase, where)
     repo = Repository(backend, config, keys, str(path))
     try:

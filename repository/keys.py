@@ -42,6 +42,7 @@ KEYS_VERSION = 2  # written; version 1 (no checksum, no repo_id) is still read
 _WRAP_AAD = b"vmkeep keys v1"
 _SALT_SIZE = 16
 _REPO_ID = re.compile(r"^[0-9a-f]{32}$")
+_REWRITE = "'vmkeep key export --file F' then 'vmkeep key import F'"
 
 log = logging.getLogger(__name__)
 
@@ -259,11 +260,13 @@ def open_keys(backend: Backend, repo_id: str, passphrase: bytes | None) -> Opene
             continue
         if failures:
             log.warning(
-                "%s; opened the repository with its second copy %s. Rewrite both from an export: "
-                "'vmkeep key export --file F' then 'vmkeep key import F'",
+                "%s; opened the repository with its second copy %s. Rewrite both from an export: %s",
                 "; ".join(map(str, failures)),
                 name,
+                _REWRITE,
             )
+        elif document.version >= 2:
+            _check_copy(backend, content)
         return OpenedKeys(keys, document, name)
     wrong = [f for f in failures if isinstance(f, WrongPassphrase)]
     damage = [str(f) for f in failures if not isinstance(f, WrongPassphrase) and str(f) != _missing(KEYS_COPY_FILE)]
@@ -272,6 +275,16 @@ def open_keys(backend: Backend, repo_id: str, passphrase: bytes | None) -> Opene
     raise CorruptRepository(
         "; ".join(map(str, failures)) + ": restore the keys with 'vmkeep key import FILE' from an exported copy"
     )
+
+
+def _check_copy(backend: Backend, content: bytes) -> None:
+    """Warn if ``keyscopy`` is missing or damaged while ``keys`` is fine, before both are."""
+    try:
+        copy = backend.read(KEYS_COPY_FILE)
+        if copy != content:  # may differ legitimately (an import interrupted between the two writes)
+            KeysDocument.parse(copy, KEYS_COPY_FILE)
+    except CorruptRepository as exc:
+        log.warning("%s: the second copy of the keys is lost; rewrite both from an export: %s", exc, _REWRITE)
 
 
 def write_keys(backend: Backend, document: KeysDocument) -> None:

@@ -104,7 +104,13 @@ class Repository:
             if exclusive:
                 raise RepositoryLocked(f"{operation} needs the exclusive lock and cannot run with --no-lock")
             return nullcontext()
-        return Lock(self.backend, exclusive, operation).acquire()
+        try:
+            return Lock(self.backend, exclusive, operation).acquire()
+        except RepositoryLocked:
+            raise
+        except RepositoryError as exc:  # read-only or full: say what still works
+            hint = "" if exclusive else "; restore, verify and points can run without a lock: --no-lock"
+            raise type(exc)(f"cannot take a lock: {exc}{hint}") from None
 
     # -- index ------------------------------------------------------------------------------
 

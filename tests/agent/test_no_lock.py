@@ -55,7 +55,12 @@ def test_restore_verify_and_points_from_a_read_only_mount(
     with pytest.raises(OSError):  # it really is read-only
         (read_only / "locks" / "probe").write_text("x")
 
-    assert_one_line_error(run_vmkeep("restore", "latest", "--repo", read_only, "--to-dir", tmp_path / "a"), "locks")
+    assert_one_line_error(
+        run_vmkeep("restore", "latest", "--repo", read_only, "--to-dir", tmp_path / "a"),
+        "cannot take a lock: writing locks/",
+        "Read-only file system",
+        "--no-lock",
+    )
 
     restored = run_vmkeep("restore", "latest", "--repo", read_only, "--to-dir", tmp_path / "b", "--no-lock", "--json")
     assert restored.code == 0, restored.err
@@ -105,7 +110,9 @@ def test_restore_and_verify_from_a_full_file_system(full_fs: Path, tmp_path: Pat
         probe.write_text("x")
     probe.unlink(missing_ok=True)
 
-    assert_one_line_error(run_vmkeep("restore", "latest", "--repo", repo, "--to-dir", tmp_path / "a"), "no space left")
+    assert_one_line_error(
+        run_vmkeep("restore", "latest", "--repo", repo, "--to-dir", tmp_path / "a"), "no space left", "--no-lock"
+    )
     restored = run_vmkeep("restore", "latest", "--repo", repo, "--to-dir", tmp_path / "b", "--no-lock", "--json")
     assert restored.code == 0, restored.err
     assert Path(json.loads(restored.out)["disks"][0]["path"]).read_bytes() == image.read_bytes()

@@ -71,6 +71,25 @@ def test_damaged_keys_fall_back_to_the_copy_with_a_warning(
     assert "keyscopy" in record.getMessage()
 
 
+def test_a_damaged_copy_is_reported_while_keys_still_opens(
+    any_repo: tuple[Path, bytes | None], caplog: pytest.LogCaptureFixture
+) -> None:
+    path, passphrase = any_repo
+    with caplog.at_level(logging.WARNING):
+        Repository.open(path, passphrase).close()
+    assert not caplog.records
+    flip_byte_in(path / KEYS_COPY_FILE, "wrapped" if passphrase else "id_key")
+    with caplog.at_level(logging.WARNING):
+        Repository.open(path, passphrase).close()
+    [record] = caplog.records
+    assert record.getMessage().startswith("keyscopy: checksum mismatch: the file is damaged: the second copy")
+    caplog.clear()
+    (path / KEYS_COPY_FILE).unlink()
+    with caplog.at_level(logging.WARNING):
+        Repository.open(path, passphrase).close()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["keyscopy is missing"]
+
+
 def test_missing_keys_fall_back_to_the_copy(any_repo: tuple[Path, bytes | None]) -> None:
     path, passphrase = any_repo
     (path / KEYS_FILE).unlink()
