@@ -60,3 +60,20 @@ def test_open_tells_a_damaged_config_from_no_repository(repo_path: Path, tmp_pat
     (tmp_path / "empty").mkdir()
     with pytest.raises(NotARepository, match="no config file"):
         Repository.open(tmp_path / "empty", None)
+
+
+def test_a_flipped_bit_in_config_is_never_an_unexpected_error(repo_path: Path) -> None:
+    """config has no checksum: a flip may leave a valid config (a digit of `created`), but never a TypeError."""
+    original = (repo_path / "config").read_bytes()
+    outcomes = {"opened": 0, "corrupt": 0}
+    for position in range(len(original)):
+        damaged = bytearray(original)
+        damaged[position] ^= 0x01
+        (repo_path / "config").write_bytes(damaged)
+        try:
+            Repository.open(repo_path, None).close()
+            outcomes["opened"] += 1
+        except CorruptRepository as exc:
+            assert str(exc).startswith(("config: ", "keys: ")), exc
+            outcomes["corrupt"] += 1
+    assert outcomes["corrupt"] > outcomes["opened"] > 0

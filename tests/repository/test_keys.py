@@ -191,3 +191,16 @@ def test_opening_writes_nothing(any_repo: tuple[Path, bytes | None]) -> None:
     with Repository.open(path, passphrase) as repo:
         repo.points()
     assert {p: p.stat().st_mtime_ns for p in path.rglob("*")} == before
+
+
+def test_every_flipped_bit_in_keys_is_found_as_damage(encrypted_repo: Path) -> None:
+    """No single flipped bit anywhere in a version 2 document passes, or fails as anything but damage."""
+    (encrypted_repo / KEYS_COPY_FILE).unlink()
+    original = (encrypted_repo / KEYS_FILE).read_bytes()
+    for position in range(len(original)):
+        for bit in (0x01, 0x20):
+            damaged = bytearray(original)
+            damaged[position] ^= bit
+            (encrypted_repo / KEYS_FILE).write_bytes(damaged)
+            with pytest.raises(CorruptRepository, match=r"^keys: "):
+                Repository.open(encrypted_repo, PASSPHRASE)
