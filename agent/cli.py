@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error("interrupted; the job was cleaned up and nothing was committed")
         return EXIT_INTERRUPTED
     except CorruptRepository as exc:
-        _error(f"corrupt repository: {exc}")
+        message = str(exc)
+        _error(message if message.startswith("corrupt repository") else f"corrupt repository: {message}")
         return EXIT_DAMAGED
     except (AgentError, RepositoryError, SourceError, EngineError) as exc:
         _error(str(exc))

@@ -16,6 +16,7 @@ from typing import Any
 from .exceptions import CorruptRepository
 from .format import FORMAT
 from .keys import Encryption
+from .validate import hex_id, json_object, typed
 
 CONFIG_FILE = "config"
 _REPO_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -86,50 +87,36 @@ class RepoConfig:
 
     @classmethod
     def load(cls, content: bytes, where: str = CONFIG_FILE) -> RepoConfig:
-        """Parse and check ``config``; CorruptRepository says what is wrong with it."""
+        """Parse and check ``config``; CorruptRepository says what is wrong with it.
+
+        As for every versioned record, fields this version does not know are ignored; a wrong
+        type, a missing field, a value out of range or another format version is damage.
+        """
         try:
-            doc = json.loads(content)
-        except ValueError as exc:
+            doc = json_object(content)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
             raise CorruptRepository(f"{where}: not JSON ({exc})") from None
-        if not isinstance(doc, dict):
-            raise CorruptRepository(f"{where}: not a JSON object")
-        version = doc.pop("vmkeep_repository", None)
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise CorruptRepository(f"{where}: no format version (vmkeep_repository)")
-        if version != FORMAT.VERSION:
-            raise CorruptRepository(
-                f"{where}: unknown format version {version} (this vmkeep reads version {FORMAT.VERSION})"
-            )
-        expected = _FIELD_TYPES
-        missing, unknown = expected.keys() - doc.keys(), doc.keys() - expected.keys()
-        if missing or unknown:
-            what = [f"missing {', '.join(sorted(missing))}"] if missing else []
-            what += [f"unexpected {', '.join(sorted(unknown))}"] if unknown else []
-            raise CorruptRepository(f"{where}: {'; '.join(what)}")
-        for name, wanted in expected.items():
-            value = doc[name]
-            if not isinstance(value, wanted) or isinstance(value, bool):
-                raise CorruptRepository(f"{where}: {name} must be {'an integer' if wanted is int else 'text'}")
-        value = doc.pop("encryption")
-        try:
-            encryption = Encryption(value)
-        except ValueError:
-            raise CorruptRepository(f"{where}: unknown encryption {value!r}") from None
-        config = cls(version=version, encryption=encryption, **doc)
-        try:
-            config.validate()
-        except ValueError as exc:
+        except TypeError as exc:
             raise CorruptRepository(f"{where}: {exc}") from None
+        try:
+            version = typed(doc, "vmkeep_repository", int)
+            if version != FORMAT.VERSION:
+                raise ValueError(f"unknown format version {version} (this vmkeep reads version {FORMAT.VERSION})")
+            encryption = typed(doc, "encryption", str)
+            if encryption not in set(Encryption):
+                raise ValueError(f"unknown encryption {encryption!r}")
+            config = cls(
+                repo_id=hex_id(doc, "repo_id", 16),
+                block_size=typed(doc, "block_size", int),
+                tree_fanout=typed(doc, "tree_fanout", int),
+                pack_size=typed(doc, "pack_size", int),
+                compression_level=typed(doc, "compression_level", int),
+                encryption=Encryption(encryption),
+                created=typed(doc, "created", str),
+                version=version,
+            )
+            config.validate()
+        except (ValueError, KeyError, TypeError) as exc:
+            reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise CorruptRepository(f"{where}: {reason}") from None
         return config
-
-
-# The JSON type of each field of ``config`` (besides ``vmkeep_repository``).
-_FIELD_TYPES: dict[str, type] = {
-    "repo_id": str,
-    "block_size": int,
-    "tree_fanout": int,
-    "pack_size": int,
-    "compression_level": int,
-    "encryption": str,
-    "created": str,
-}

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -35,13 +34,13 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from .backend import Backend
 from .exceptions import CorruptRepository, PassphraseRequired, RepositoryError, WrongPassphrase
 from .format import FORMAT
+from .validate import hex_id, json_object, obj, typed
 
 KEYS_FILE = "keys"
 KEYS_COPY_FILE = "keyscopy"  # the second copy (the backend's top-level names are letters only)
 KEYS_VERSION = 2  # written; version 1 (no checksum, no repo_id) is still read
 _WRAP_AAD = b"vmkeep keys v1"
 _SALT_SIZE = 16
-_REPO_ID = re.compile(r"^[0-9a-f]{32}$")
 _REWRITE = "'vmkeep key export --file F' then 'vmkeep key import F'"
 
 log = logging.getLogger(__name__)
@@ -85,18 +84,18 @@ class KdfParams:
         }
 
     @classmethod
-    def from_json(cls, obj: object, where: str) -> KdfParams:
-        fields = _object(obj, f"{where}: kdf", {"algorithm", "salt", "iterations", "memory_kib", "lanes"})
-        if fields["algorithm"] != "argon2id":
-            raise CorruptRepository(f"{where}: unknown KDF {fields['algorithm']!r}")
+    def from_json(cls, doc: dict[str, Any]) -> KdfParams:
+        """Checked KDF parameters; ValueError, TypeError or KeyError say which is wrong."""
+        if typed(doc, "algorithm", str) != "argon2id":
+            raise ValueError(f"unknown KDF {doc['algorithm']!r}")
         params = cls(
-            salt=_bytes(fields["salt"], f"{where}: kdf salt", _SALT_SIZE),
-            iterations=_int(fields["iterations"], f"{where}: kdf iterations", 1, 1000),
-            memory_kib=_int(fields["memory_kib"], f"{where}: kdf memory_kib", 8, 16 * 1024 * 1024),
-            lanes=_int(fields["lanes"], f"{where}: kdf lanes", 1, 255),
+            salt=_base64(doc, "salt", _SALT_SIZE),
+            iterations=_integer(doc, "iterations", 1, 1000),
+            memory_kib=_integer(doc, "memory_kib", 8, 16 * 1024 * 1024),
+            lanes=_integer(doc, "lanes", 1, 255),
         )
         if params.memory_kib < 8 * params.lanes:
-            raise CorruptRepository(f"{where}: kdf memory_kib must be at least 8 per lane")
+            raise ValueError("memory_kib is under 8 per lane")
         return params
 
 
@@ -158,14 +157,11 @@ class KeysDocument:
                     "this old keys format has no checksum to tell)"
                 ) from None
             raise WrongPassphrase("wrong passphrase for this repository") from None
-        try:
-            inner = _object(json.loads(secret), f"{where}: wrapped keys", {"id_key", "data_key"})
-        except ValueError as exc:  # authenticated, so written this way: not damage but a bug
-            raise CorruptRepository(f"{where}: the wrapped keys are not JSON ({exc})") from None
-        return Keys(
-            _bytes(inner["id_key"], f"{where}: id_key", FORMAT.KEY_SIZE),
-            _bytes(inner["data_key"], f"{where}: data_key", FORMAT.KEY_SIZE),
-        )
+        try:  # authenticated: only a bug could have written it wrong, but still no TypeError
+            inner = json_object(secret)
+            return Keys(_base64(inner, "id_key", FORMAT.KEY_SIZE), _base64(inner, "data_key", FORMAT.KEY_SIZE))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptRepository(f"{where}: the wrapped keys are malformed ({_reason(exc)})") from None
 
     def for_repository(self, repo_id: str) -> KeysDocument:
         """This document in the current version, naming ``repo_id`` (upgrades a version 1 document)."""
@@ -199,36 +195,45 @@ class KeysDocument:
 
     @classmethod
     def parse(cls, content: bytes, where: str) -> KeysDocument:
-        """Parse and check a ``keys`` document; CorruptRepository names ``where`` and what is wrong."""
+        """Parse and check a ``keys`` document; CorruptRepository names ``where`` and what is wrong.
+
+        As for every versioned record, fields this version does not know are ignored; a wrong
+        type, a missing field or an unknown version is damage. From version 2 the checksum is
+        checked first, so any damage is reported as such, whatever field it hit.
+        """
         try:
-            doc = json.loads(content)
-        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError both
+            doc = json_object(content)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
             raise CorruptRepository(f"{where}: not JSON ({exc})") from None
-        if not isinstance(doc, dict):
-            raise CorruptRepository(f"{where}: not a JSON object")
-        version = doc.get("version")
-        if version not in (1, 2) or isinstance(version, bool):
-            raise CorruptRepository(f"{where}: unknown keys version {version!r} (this vmkeep reads 1 and 2)")
-        if version >= 2:
-            stated = doc.pop("checksum", None)
-            if not isinstance(stated, str):
-                raise CorruptRepository(f"{where}: no checksum")
-            if stated != _checksum(doc):
-                raise CorruptRepository(f"{where}: checksum mismatch: the file is damaged")
-        encryption = _enum(doc.get("encryption"), f"{where}: encryption")
-        secrets = {"id_key"} if encryption is Encryption.NONE else {"kdf", "wrapped"}
-        fields = _object(doc, where, {"version", "encryption", *secrets} | ({"repo_id"} if version >= 2 else set()))
-        repo_id = None
-        if version >= 2:
-            repo_id = fields["repo_id"]
-            if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
-                raise CorruptRepository(f"{where}: repo_id must be 32 hex digits, not {repo_id!r}")
-        if encryption is Encryption.NONE:
-            return cls(version, repo_id, encryption, id_key=_bytes(fields["id_key"], f"{where}: id_key", 32))
-        wrapped = _bytes(fields["wrapped"], f"{where}: wrapped", None)
-        if len(wrapped) < FORMAT.NONCE_SIZE + FORMAT.TAG_SIZE + 2 * FORMAT.KEY_SIZE:
-            raise CorruptRepository(f"{where}: wrapped keys are too short ({len(wrapped)} bytes)")
-        return cls(version, repo_id, encryption, kdf=KdfParams.from_json(fields["kdf"], where), wrapped=wrapped)
+        except TypeError as exc:
+            raise CorruptRepository(f"{where}: {exc}") from None
+        try:
+            version = typed(doc, "version", int)
+            if version not in (1, 2):
+                raise ValueError(f"unknown keys version {version} (this vmkeep reads 1 and 2)")
+            if version >= 2:
+                stated = doc.pop("checksum", None)
+                if not isinstance(stated, str):
+                    raise KeyError("checksum is missing")
+                if stated != _checksum(doc):
+                    raise ValueError("checksum mismatch: the file is damaged")
+            repo_id = hex_id(doc, "repo_id", 16) if version >= 2 else None
+            encryption = typed(doc, "encryption", str)
+            if encryption == Encryption.NONE:
+                return cls(version, repo_id, Encryption.NONE, id_key=_base64(doc, "id_key", FORMAT.KEY_SIZE))
+            if encryption != Encryption.AES_256_GCM:
+                raise ValueError(f"unknown encryption {encryption!r}")
+            kdf_doc = obj(doc, "kdf")
+            try:
+                kdf = KdfParams.from_json(kdf_doc)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"kdf: {_reason(exc)}") from None
+            wrapped = _base64(doc, "wrapped", None)
+            if len(wrapped) < FORMAT.NONCE_SIZE + FORMAT.TAG_SIZE + 2 * FORMAT.KEY_SIZE:
+                raise ValueError(f"wrapped keys are too short ({len(wrapped)} bytes)")
+            return cls(version, repo_id, Encryption.AES_256_GCM, kdf=kdf, wrapped=wrapped)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptRepository(f"{where}: {_reason(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -304,39 +309,24 @@ def _checksum(fields: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
-def _object(obj: object, where: str, expected: set[str]) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise CorruptRepository(f"{where}: expected a JSON object")
-    missing = expected - obj.keys()
-    if missing:
-        raise CorruptRepository(f"{where}: missing {', '.join(sorted(missing))}")
-    unknown = obj.keys() - expected
-    if unknown:
-        raise CorruptRepository(f"{where}: unexpected {', '.join(sorted(unknown))}")
-    return obj
+def _reason(exc: Exception) -> object:
+    return exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
 
 
-def _int(value: object, where: str, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise CorruptRepository(f"{where}: expected an integer from {low} to {high}, not {value!r}")
+def _integer(doc: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = typed(doc, key, int)
+    if not low <= value <= high:
+        raise ValueError(f"{key} is {value}, not from {low} to {high}")
     return value
 
 
-def _enum(value: object, where: str) -> Encryption:
-    if not isinstance(value, str) or value not in set(Encryption):
-        raise CorruptRepository(f"{where}: unknown {value!r}")
-    return Encryption(value)
-
-
-def _bytes(value: object, where: str, size: int | None) -> bytes:
-    if not isinstance(value, str):
-        raise CorruptRepository(f"{where}: expected base64 text")
+def _base64(doc: dict[str, Any], key: str, size: int | None) -> bytes:
     try:
-        data = _unb64(value)
-    except (ValueError, binascii.Error):
-        raise CorruptRepository(f"{where}: not valid base64") from None
+        data = _unb64(typed(doc, key, str))
+    except (binascii.Error, UnicodeError):
+        raise ValueError(f"{key} is not base64") from None
     if size is not None and len(data) != size:
-        raise CorruptRepository(f"{where}: {len(data)} bytes, expected {size}")
+        raise ValueError(f"{key} is {len(data)} bytes, not {size}")
     return data
 
 

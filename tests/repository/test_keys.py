@@ -128,19 +128,17 @@ def _bad(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
     ("changes", "message"),
     [
         ({"version": 3}, "unknown keys version 3"),
-        ({"version": "2"}, "unknown keys version '2'"),
-        ({"version": True}, "unknown keys version True"),
-        ({"encryption": "rot13"}, "encryption: unknown 'rot13'"),
-        ({"encryption": ["none"]}, "encryption: unknown"),
-        ({"repo_id": 42}, "repo_id must be 32 hex digits"),
-        ({"repo_id": None}, "missing repo_id"),
-        ({"wrapped": None}, "missing wrapped"),
-        ({"wrapped": 12}, "wrapped: expected base64 text"),
-        ({"wrapped": "not base64!"}, "wrapped: not valid base64"),
+        ({"version": "2"}, "version is str, not int"),
+        ({"version": True}, "version is bool, not int"),
+        ({"encryption": "rot13"}, "unknown encryption 'rot13'"),
+        ({"encryption": ["none"]}, "encryption is list, not str"),
+        ({"repo_id": 42}, "repo_id is int, not str"),
+        ({"repo_id": "ABC"}, "repo_id is not 16 bytes of lower-case hex"),
+        ({"wrapped": None}, "wrapped is missing"),
+        ({"wrapped": 12}, "wrapped is int, not str"),
+        ({"wrapped": "not base64!"}, "wrapped is not base64"),
         ({"wrapped": "AAAA"}, "wrapped keys are too short"),
-        ({"kdf": "argon2id"}, "kdf: expected a JSON object"),
-        ({"id_key": "AAAA"}, "unexpected id_key"),
-        ({"extra": 1}, "unexpected extra"),
+        ({"kdf": "argon2id"}, "kdf is str, not dict"),
     ],
 )
 def test_wrong_types_and_fields_are_corruption(encrypted_repo: Path, changes: dict[str, Any], message: str) -> None:
@@ -150,14 +148,26 @@ def test_wrong_types_and_fields_are_corruption(encrypted_repo: Path, changes: di
         KeysDocument.parse(content, "keys")
 
 
+def test_no_checksum_is_damage_and_unknown_fields_are_ignored(encrypted_repo: Path) -> None:
+    doc = json.loads((encrypted_repo / KEYS_FILE).read_bytes())
+    with pytest.raises(CorruptRepository, match=r"^keys: checksum is missing$"):
+        KeysDocument.parse(json.dumps({k: v for k, v in doc.items() if k != "checksum"}).encode(), "keys")
+    # A field this version does not know is a later minor addition (as for every versioned record),
+    # and it is covered by the checksum like the others.
+    extended = resign({**doc, "comment": "escrowed 2026-11"})
+    assert KeysDocument.parse(extended, "keys") == KeysDocument.parse(json.dumps(doc).encode(), "keys")
+    with pytest.raises(CorruptRepository, match="checksum mismatch"):
+        KeysDocument.parse(extended.replace(b"2026-11", b"2026-12"), "keys")
+
+
 @pytest.mark.parametrize(
     ("kdf_changes", "message"),
     [
-        ({"algorithm": "scrypt"}, "unknown KDF 'scrypt'"),
-        ({"iterations": "3"}, "kdf iterations: expected an integer"),
-        ({"memory_kib": 0}, "kdf memory_kib: expected an integer from 8"),
-        ({"salt": "AAAA"}, "kdf salt: 3 bytes, expected 16"),
-        ({"lanes": None}, "kdf: missing lanes"),
+        ({"algorithm": "scrypt"}, "kdf: unknown KDF 'scrypt'"),
+        ({"iterations": "3"}, "kdf: iterations is str, not int"),
+        ({"memory_kib": 0}, "kdf: memory_kib is 0, not from 8"),
+        ({"salt": "AAAA"}, "kdf: salt is 3 bytes, not 16"),
+        ({"lanes": None}, "kdf: lanes is missing"),
     ],
 )
 def test_wrong_kdf_parameters_are_corruption(encrypted_repo: Path, kdf_changes: dict[str, Any], message: str) -> None:

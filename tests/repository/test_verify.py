@@ -63,7 +63,7 @@ def test_flipped_bit_is_found_by_read_data_and_names_the_point(repo_path: Path, 
     assert second[:12] not in result.out.split("damaged recovery points:")[1]
     # The damaged point's restore fails loudly instead of writing wrong data; the other restores.
     bad = run_vmkeep("restore", first, "--repo", repo_path, "--to-dir", tmp_path / "bad")
-    assert bad.code == 3 and "corrupt repository: pack" in bad.err and "checksum mismatch" in bad.err
+    assert bad.code == 3 and "corrupt repository" in bad.err and "checksum mismatch" in bad.err
     assert run_vmkeep("restore", second, "--repo", repo_path, "--to-dir", tmp_path / "good").code == 0
 
 
