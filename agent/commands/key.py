@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from vmkeep.repository.escrow import import_keys, parse_export
+from vmkeep.repository.keys import KEYS_COPY_FILE, KEYS_FILE, KeysDocument, write_keys
+from vmkeep.repository.repo import Repository
 
 from .. import secrets
 from ..exceptions import ConfigError
@@ -57,6 +59,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     repo_options(p)
     json_option(p)
     p.set_defaults(func=cmd_import)
+
+    p = actions.add_parser(
+        "passwd",
+        help="change the passphrase of an encrypted repository",
+        description="Wrap the repository's keys under a new passphrase and write keys and keyscopy. The data "
+        "keys do not change, so exports made before still open with the old passphrase: replace them. The new "
+        f"passphrase comes from --new-passphrase-file, ${secrets.NEW_PASSPHRASE_ENV}, or a prompt (asked twice).",
+    )
+    repo_options(p)
+    p.add_argument("--new-passphrase-file", type=Path, metavar="FILE", help="read the new passphrase from FILE")
+    json_option(p)
+    p.set_defaults(func=cmd_passwd)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -108,4 +122,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         how = "checked against its data" if result.checked_against_data else "no data yet to check against"
         print(f"imported the keys of repository {result.repo_id} into {path} as keys and keyscopy ({how})")
+    return EXIT_OK
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    old = secrets.passphrase(args.passphrase_file, required=True)
+    with Repository.open(repo_path(args), old, lock=False) as repo:
+        document, repo_id = repo.keys_document, repo.config.repo_id
+        assert document is not None  # set by Repository.open
+        if not document.encrypted:
+            raise ConfigError("the repository is not encrypted: it has no passphrase to change")
+        new = secrets.new_passphrase(args.new_passphrase_file)
+        write_keys(repo.backend, KeysDocument.wrap(document.unwrap(old), new, repo_id))
+    if args.json:
+        print_json({"repo_id": repo_id, "written": [KEYS_FILE, KEYS_COPY_FILE]})
+    else:
+        print(
+            f"changed the passphrase of repository {repo_id} (keys and keyscopy); exports made before still "
+            "open with the old passphrase: make a new one with 'vmkeep key export'"
+        )
     return EXIT_OK

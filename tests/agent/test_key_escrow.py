@@ -151,3 +151,34 @@ def test_unencrypted_export_warns_that_it_holds_the_id_key(tmp_path: Path) -> No
     assert result.code == 0
     assert "not encrypted" in result.err and "id key in clear" in result.err
     assert json.loads(result.out)["id_key"] == json.loads((repo / "keys").read_bytes())["id_key"]
+
+
+def test_passwd_rewraps_both_files_and_old_exports_still_open(backed_up: tuple[Path, Path], tmp_path: Path) -> None:
+    repo, image = backed_up
+    old_export = tmp_path / "before.json"
+    assert run_vmkeep("key", "export", "--repo", repo, "--file", old_export, env=PASSPHRASE).code == 0
+    new_file = tmp_path / "new"
+    new_file.write_text("a new passphrase\n")
+    changed = run_vmkeep("key", "passwd", "--repo", repo, "--new-passphrase-file", new_file, "--json", env=PASSPHRASE)
+    assert changed.code == 0, changed.err
+    assert json.loads(changed.out)["written"] == ["keys", "keyscopy"]
+    assert (repo / "keys").read_bytes() == (repo / "keyscopy").read_bytes()
+    assert b"a new passphrase" not in (repo / "keys").read_bytes()
+
+    new_env = {"VMKEEP_PASSPHRASE": "a new passphrase"}
+    assert_one_line_error(run_vmkeep("points", "--repo", repo, env=PASSPHRASE), "wrong passphrase")
+    out = tmp_path / "out"
+    restored = run_vmkeep("restore", "latest", "--repo", repo, "--to-dir", out, "--json", env=new_env)
+    assert restored.code == 0, restored.err
+    assert Path(json.loads(restored.out)["disks"][0]["path"]).read_bytes() == image.read_bytes()
+    # The data keys did not change: an export made before still opens, with the old passphrase.
+    assert run_vmkeep("key", "import", old_export, "--repo", repo, env=PASSPHRASE).code == 0
+    assert run_vmkeep("points", "--repo", repo, env=PASSPHRASE).code == 0
+
+    assert_one_line_error(run_vmkeep("key", "passwd", "--repo", repo, env=PASSPHRASE), "a new passphrase is needed")
+    plain = tmp_path / "plain"
+    assert run_vmkeep("init", plain).code == 0
+    assert_one_line_error(
+        run_vmkeep("key", "passwd", "--repo", plain, env={**PASSPHRASE, "VMKEEP_NEW_PASSPHRASE": "x"}),
+        "not encrypted",
+    )
