@@ -14,6 +14,7 @@ from pathlib import Path
 from .exceptions import ConfigError
 
 PASSPHRASE_ENV = "VMKEEP_PASSPHRASE"
+NEW_PASSPHRASE_ENV = "VMKEEP_NEW_PASSPHRASE"  # key passwd: the passphrase replacing the current one
 PASSWORD_ENV = "VMKEEP_PASSWORD"
 KEYRING_SERVICE = "vmkeep"
 
@@ -50,6 +51,23 @@ def passphrase(file: Path | None, *, confirm: bool = False, required: bool = Fal
     if not first:
         raise ConfigError("an empty passphrase is not allowed")
     if confirm and getpass.getpass("repeat passphrase: ").encode() != first:
+        raise ConfigError("the passphrases do not match")
+    return first
+
+
+def new_passphrase(file: Path | None) -> bytes:
+    """The new passphrase for ``key passwd``: ``--new-passphrase-file``, ``VMKEEP_NEW_PASSPHRASE``, or a prompt."""
+    if file is not None:
+        return read_secret_file(file, "new passphrase")
+    env = os.environ.get(NEW_PASSPHRASE_ENV)
+    if env:
+        return env.encode()
+    if not sys.stdin.isatty():
+        raise ConfigError(f"a new passphrase is needed: set {NEW_PASSPHRASE_ENV} or pass --new-passphrase-file")
+    first = getpass.getpass("new repository passphrase: ").encode()
+    if not first:
+        raise ConfigError("an empty passphrase is not allowed")
+    if getpass.getpass("repeat new passphrase: ").encode() != first:
         raise ConfigError("the passphrases do not match")
     return first
 

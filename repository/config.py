@@ -1,16 +1,25 @@
-"""The repository's ``config`` file: parameters fixed at ``init``."""
+"""The repository's ``config`` file: parameters fixed at ``init``.
+
+Parsed into a typed record and checked field by field: a wrong type, a missing or unknown field,
+or an unknown format version is a CorruptRepository naming ``config`` and what is wrong.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .exceptions import NotARepository
+from .exceptions import CorruptRepository
 from .format import FORMAT
-from .keys import ENCRYPTION_AES_GCM, ENCRYPTION_NONE
+from .keys import Encryption
+from .validate import hex_id, json_object, typed
+
+CONFIG_FILE = "config"
+_REPO_ID = re.compile(r"^[0-9a-f]{32}$")
 
 MIN_BLOCK_SIZE = 4 * 1024
 MAX_BLOCK_SIZE = 64 * 1024 * 1024
@@ -27,7 +36,7 @@ class RepoConfig:
     tree_fanout: int
     pack_size: int
     compression_level: int
-    encryption: str
+    encryption: Encryption
     created: str
     version: int = FORMAT.VERSION
 
@@ -46,7 +55,7 @@ class RepoConfig:
             tree_fanout=tree_fanout,
             pack_size=pack_size,
             compression_level=compression_level,
-            encryption=ENCRYPTION_AES_GCM if encrypted else ENCRYPTION_NONE,
+            encryption=Encryption.AES_256_GCM if encrypted else Encryption.NONE,
             created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         )
         config.validate()
@@ -62,8 +71,14 @@ class RepoConfig:
             raise ValueError("pack size must lie between the block size and 1 GiB")
         if not 0 <= self.compression_level <= 22:
             raise ValueError("compression level must be 0 (off) to 22")
-        if self.encryption not in (ENCRYPTION_NONE, ENCRYPTION_AES_GCM):
+        if not isinstance(self.encryption, Encryption):
             raise ValueError(f"unknown encryption {self.encryption!r}")
+        if not _REPO_ID.match(self.repo_id):
+            raise ValueError(f"repo_id must be 32 hex digits, not {self.repo_id!r}")
+        try:
+            datetime.fromisoformat(self.created.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"created is not an ISO 8601 time: {self.created!r}") from None
 
     def dump(self) -> bytes:
         doc: dict[str, Any] = {"vmkeep_repository": self.version, **asdict(self)}
@@ -71,17 +86,37 @@ class RepoConfig:
         return (json.dumps(doc, indent=2) + "\n").encode()
 
     @classmethod
-    def load(cls, content: bytes, where: str) -> RepoConfig:
+    def load(cls, content: bytes, where: str = CONFIG_FILE) -> RepoConfig:
+        """Parse and check ``config``; CorruptRepository says what is wrong with it.
+
+        As for every versioned record, fields this version does not know are ignored; a wrong
+        type, a missing field, a value out of range or another format version is damage.
+        """
         try:
-            doc = json.loads(content)
-            version = doc.pop("vmkeep_repository")
-            config = cls(version=version, **doc)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise NotARepository(f"{where} is not a vmkeep repository config") from None
-        if version != FORMAT.VERSION:
-            raise NotARepository(f"{where}: unsupported repository format version {version}")
+            doc = json_object(content)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise CorruptRepository(f"{where}: not JSON ({exc})") from None
+        except TypeError as exc:
+            raise CorruptRepository(f"{where}: {exc}") from None
         try:
+            version = typed(doc, "vmkeep_repository", int)
+            if version != FORMAT.VERSION:
+                raise ValueError(f"unknown format version {version} (this vmkeep reads version {FORMAT.VERSION})")
+            encryption = typed(doc, "encryption", str)
+            if encryption not in set(Encryption):
+                raise ValueError(f"unknown encryption {encryption!r}")
+            config = cls(
+                repo_id=hex_id(doc, "repo_id", 16),
+                block_size=typed(doc, "block_size", int),
+                tree_fanout=typed(doc, "tree_fanout", int),
+                pack_size=typed(doc, "pack_size", int),
+                compression_level=typed(doc, "compression_level", int),
+                encryption=Encryption(encryption),
+                created=typed(doc, "created", str),
+                version=version,
+            )
             config.validate()
-        except ValueError as exc:
-            raise NotARepository(f"{where}: {exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise CorruptRepository(f"{where}: {reason}") from None
         return config

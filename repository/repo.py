@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backend import Backend, LocalBackend
 from .codec import Codec
-from .config import RepoConfig
+from .config import CONFIG_FILE, RepoConfig
 from .damage import DAMAGE_DIR, DamageRecord
 from .exceptions import (
     AmbiguousPoint,
@@ -20,10 +21,11 @@ from .exceptions import (
     PointNotFound,
     RepositoryError,
     RepositoryExists,
+    RepositoryLocked,
 )
 from .format import SealedKind
 from .index import BlockIndex, IndexEntry, decode_index
-from .keys import Keys, dump_keys, load_keys
+from .keys import Keys, KeysDocument, open_keys, write_keys
 from .locks import LOCK_DIR, Lock
 from .packs import PACK_DIR, pack_path
 from .points import POINT_DIR, RecoveryPoint
@@ -31,8 +33,6 @@ from .reserve import ensure_reserve
 from .tree import Geometry, iter_block_ids, leaf_ids
 from .writer import INDEX_DIR, BlobWriter, content_name
 
-CONFIG_FILE = "config"
-KEYS_FILE = "keys"
 SUBDIRS = (PACK_DIR, INDEX_DIR, POINT_DIR, LOCK_DIR, DAMAGE_DIR, "tmp")
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class Repository:
         self.location = location
         self._index: BlockIndex | None = None
         self._locks: list[Lock] = []
+        self.keys_document: KeysDocument | None = None  # as read by open(): what `key export` writes
+        self.locking = True  # False (--no-lock): no lock files; read_lock() is then a no-op, lock() refused
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -66,7 +68,7 @@ class Repository:
                 raise RepositoryExists(f"{path} already holds a repository")
             raise RepositoryExists(f"{path} exists and is not an empty directory")
         keys = Keys.generate(encrypted=config.encryption != "none")
-        keys_content = dump_keys(keys, passphrase)
+        document = KeysDocument.wrap(keys, passphrase, config.repo_id)
         try:
             path.mkdir(parents=True, exist_ok=True)
             for sub in SUBDIRS:
@@ -74,26 +76,33 @@ class Repository:
         except OSError as exc:
             raise RepositoryError(f"cannot create {path}: {exc.strerror}") from None
         backend = LocalBackend(path)
-        backend.write(KEYS_FILE, [keys_content])
+        write_keys(backend, document)  # keys and its copy
         ensure_reserve(backend)  # lets forget and gc start on a full file system (reserve.py)
         backend.write(CONFIG_FILE, [config.dump()])  # last: a repository exists once it has a config
         return cls(backend, config, keys, str(path))
 
     @classmethod
-    def open(cls, path: Path, passphrase: bytes | None) -> Repository:
+    def open(cls, path: Path, passphrase: bytes | None, *, lock: bool = True) -> Repository:
+        """Open for reading and writing; writes nothing itself, so it works on a read-only mount.
+
+        ``lock=False`` (``--no-lock``) opens without lock files, for reading only.
+        """
         if not (path / CONFIG_FILE).is_file():
             if not path.exists():
                 raise NotARepository(f"{path} does not exist")
             raise NotARepository(f"{path} is not a vmkeep repository (no config file)")
         backend = LocalBackend(path)
-        try:
-            config = RepoConfig.load(backend.read(CONFIG_FILE), f"{path}/config")
-            keys = load_keys(backend.read(KEYS_FILE), passphrase)
-        except CorruptRepository as exc:
-            raise NotARepository(f"{path}: {exc}") from None
-        for sub in SUBDIRS:  # an old copy may lack an empty directory
-            (path / sub).mkdir(exist_ok=True)
-        return cls(backend, config, keys, str(path))
+        config = RepoConfig.load(backend.read(CONFIG_FILE))
+        opened = open_keys(backend, config.repo_id, passphrase)
+        for sub in SUBDIRS:  # an old copy may lack an empty directory; created when we may write
+            if not (path / sub).is_dir():
+                try:
+                    (path / sub).mkdir()
+                except OSError as exc:
+                    log.debug("cannot create %s: %s", path / sub, exc.strerror)
+        repo = cls(backend, config, opened.keys, str(path))
+        repo.keys_document, repo.locking = opened.document, lock
+        return repo
 
     def close(self) -> None:
         self.backend.close()
@@ -111,12 +120,24 @@ class Repository:
         would reuse blocks that gc deleted in between: index files are immutable and named by
         content, so comparing their names with a fresh listing is enough to know.
         """
-        lock = Lock(self.backend, exclusive, operation, on_release=self._released).acquire()
+        if not self.locking:
+            raise RepositoryLocked(f"{operation} needs a lock and cannot run with --no-lock")
+        try:
+            lock = Lock(self.backend, exclusive, operation, on_release=self._released).acquire()
+        except RepositoryLocked:
+            raise
+        except RepositoryError as exc:  # read-only or full: say what still works
+            hint = "" if exclusive else "; restore, verify and points can run without a lock: --no-lock"
+            raise type(exc)(f"cannot take a lock: {exc}{hint}") from None
         self._locks.append(lock)
         if self._index is not None and self._index_changed():
             log.debug("the repository changed since its index was read: reloading it")
             self._index = None
         return lock
+
+    def read_lock(self, operation: str) -> AbstractContextManager[object]:
+        """A shared lock for a reader, or nothing at all when opened with ``--no-lock``."""
+        return self.lock(operation) if self.locking else nullcontext()
 
     def _released(self, lock: Lock) -> None:
         if lock in self._locks:

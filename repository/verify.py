@@ -65,6 +65,7 @@ def verify(
     backup deduplicates against them again and the next one that meets their content heals them.
     """
     report = VerifyReport(read_data=read_data)
+    lock = lock and repo.locking
     with repo.lock("verify") if lock else nullcontext():
         index = repo.reload_index()
         report.index_files = len(index.files)

@@ -45,6 +45,13 @@ def backup_options(p: argparse.ArgumentParser, workers: int | None = None) -> No
         help=f"threads that read, hash and compress (default: {workers})",
     )
     p.add_argument(
+        "--full-every",
+        type=_positive,
+        metavar="N",
+        help="make every Nth backup of a VM an active full (read everything), e.g. 30: what proves a chain, "
+        "since the sanity check cannot find one block the change list missed",
+    )
+    p.add_argument(
         "--sanity-blocks",
         type=int,
         metavar="N",
@@ -59,7 +66,7 @@ def options_from(args: argparse.Namespace) -> BackupOptions:
         full_reason="a full backup was requested (--full)" if args.full else None,
         workers=max(1, args.workers),
         sanity_blocks=args.sanity_blocks,
-        full_every=getattr(args, "full_every", None),
+        full_every=args.full_every,
     )
 
 
@@ -95,3 +102,13 @@ def report(points: list[RecoveryPoint], as_json: bool) -> None:
                 f"  disk {d.key}: {human_size(d.capacity)}, {how}: read {human_size(d.read_bytes)}, "
                 f"new {human_size(d.new_bytes)}, stored {human_size(d.stored_bytes)}, zero {human_size(d.zero_bytes)}"
             )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value

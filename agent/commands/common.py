@@ -16,7 +16,7 @@ from ..exceptions import ConfigError
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_DAMAGED = 3  # verify found problems
+EXIT_DAMAGED = 3  # verify found problems, or a repository file is damaged
 EXIT_INTERRUPTED = 130
 
 REPO_ENV = "VMKEEP_REPO"
@@ -35,6 +35,15 @@ def repo_options(parser: argparse.ArgumentParser, positional: bool = False) -> N
     )
 
 
+def no_lock_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-lock",
+        action="store_true",
+        help="write no lock file, so this works on a read-only mount or a full file system; the risk: "
+        "a gc running at the same time can delete data this command is reading",
+    )
+
+
 def json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON document on stdout instead of text")
 
@@ -47,10 +56,12 @@ def repo_path(args: argparse.Namespace) -> Path:
 
 
 def open_repository(args: argparse.Namespace) -> Repository:
+    """The repository of ``--repo``, unlocked for ``--no-lock``; prompts for a passphrase on a terminal."""
     path = repo_path(args)
+    lock = not getattr(args, "no_lock", False)
     try:
-        return Repository.open(path, secrets.passphrase(args.passphrase_file))
+        return Repository.open(path, secrets.passphrase(args.passphrase_file), lock=lock)
     except PassphraseRequired:
         if args.passphrase_file is None and sys.stdin.isatty():
-            return Repository.open(path, secrets.passphrase(None, required=True))
+            return Repository.open(path, secrets.passphrase(None, required=True), lock=lock)
         raise

@@ -7,6 +7,8 @@ most of a small incremental backup's run time, so modules a backup does not need
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmkeep.repository.config import DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_PACK_SIZE, RepoConfig
@@ -16,7 +18,7 @@ from vmkeep.repository.repo import Repository
 from .. import secrets
 from ..exceptions import ConfigError
 from ..output import human_size, parse_size, print_json, print_table
-from .common import EXIT_DAMAGED, EXIT_OK, json_option, open_repository, repo_options, repo_path
+from .common import EXIT_DAMAGED, EXIT_OK, json_option, no_lock_option, open_repository, repo_options, repo_path
 
 if TYPE_CHECKING:
     from vmkeep.repository.gc import MaxUnused
@@ -60,6 +62,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="store_true",
         help="also compute each point's unique size: what deleting it alone would free (reads all tree nodes)",
     )
+    no_lock_option(p)
     json_option(p)
     p.set_defaults(func=cmd_points)
 
@@ -115,12 +118,31 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser(
         "verify",
-        help="check the repository",
+        help="check the repository, or a recovery point against its source",
         description="Check the repository's structure; with --read-data also re-read and re-check every block. "
-        "Exits with status 3 when it finds damage, naming the recovery points affected.",
+        "With --against-source IMAGE, instead compare a recovery point with the live image, block by block: "
+        "the only proof that a change list missed nothing (the CBT sanity check samples; it cannot prove that). "
+        "Exits with status 3 when it finds damage or a difference.",
     )
     repo_options(p)
     p.add_argument("--read-data", action="store_true", help="read and check every stored byte")
+    source = p.add_argument_group(
+        "compare with the source",
+        "The image must hold the state the point was taken from (kept still since, or a snapshot): "
+        "anything written to it after the backup shows as a difference.",
+    )
+    source.add_argument(
+        "--against-source",
+        type=Path,
+        metavar="IMAGE",
+        help="compare a point with this raw image or block device, every block, reporting the differing offsets",
+    )
+    source.add_argument("--point", metavar="REF", help="the point to compare (default: latest:NAME)")
+    source.add_argument("--name", metavar="NAME", help="the VM name the image was backed up as (default: file name)")
+    source.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 2, metavar="N", help="reader threads (default: CPUs)"
+    )
+    no_lock_option(p)
     json_option(p)
     p.set_defaults(func=cmd_verify)
 
@@ -183,7 +205,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_points(args: argparse.Namespace) -> int:
     from vmkeep.repository.stats import unique_sizes
 
-    with open_repository(args) as repo:
+    with open_repository(args) as repo, repo.read_lock("points"):
         points = repo.points(args.vm)
         sizes = unique_sizes(repo, repo.points()) if args.sizes else {}
     if args.json:
@@ -374,8 +396,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from vmkeep.repository.verify import verify
 
+    if args.against_source is not None:
+        return verify_against_source(args)
+    if args.point is not None or args.name is not None:
+        raise ConfigError("--point and --name go with --against-source IMAGE")
     with open_repository(args) as repo:
-        report = verify(repo, read_data=args.read_data)
+        report = verify(repo, read_data=args.read_data, lock=not args.no_lock)
     if args.json:
         print_json(vars(report) | {"ok": report.ok})
     else:
@@ -440,4 +466,56 @@ def cmd_repair(args: argparse.Namespace) -> int:
         f"{len(report.damaged_points)} recovery point(s) stay damaged ({report.missing_blobs} block(s) missing); "
         "a backup of a VM that still has that content stores them again and heals them"
     )
+    return EXIT_DAMAGED
+
+
+def verify_against_source(args: argparse.Namespace) -> int:
+    from vmkeep.hypervisors.image.session import ImageSession
+
+    from ..engine.compare import compare_with_source
+    from ..terminal import TerminalProgress
+
+    if args.read_data:
+        raise ConfigError("--against-source compares with the source; run --read-data separately")
+    with (
+        ImageSession(args.against_source, args.name) as session,
+        open_repository(args) as repo,
+        repo.read_lock("verify"),
+    ):
+        point = repo.find_point(args.point or f"latest:{session.vm_name}")
+        result = compare_with_source(repo, point, session, max(1, args.workers), TerminalProgress(quiet=args.json))
+    if args.json:
+        print_json(
+            {
+                "point": point.id,
+                "vm": point.vm,
+                "source": str(args.against_source),
+                "block_size": result.block_size,
+                "identical": result.identical,
+                "disks": [vars(d) | {"identical": d.identical} for d in result.disks],
+                "source_only": result.source_only,
+            }
+        )
+        return EXIT_OK if result.identical else EXIT_DAMAGED
+    print(f"compared recovery point {point.short_id} of {point.vm} with {args.against_source}")
+    for d in result.disks:
+        if d.source_capacity is None:
+            print(f"  disk {d.key}: not in the source")
+        elif d.source_capacity != d.capacity:
+            print(f"  disk {d.key}: {d.source_capacity} bytes in the source, {d.capacity} in the point")
+        elif d.differing_blocks == 0:
+            print(f"  disk {d.key}: identical ({d.blocks} blocks, {human_size(d.bytes_read)} compared)")
+        else:
+            offsets = ", ".join(str(o) for o in d.first_differences)
+            more = " ..." if d.differing_blocks > len(d.first_differences) else ""
+            print(
+                f"  disk {d.key}: {d.differing_blocks} of {d.blocks} blocks of {human_size(result.block_size)} "
+                f"differ, at byte offsets {offsets}{more}"
+            )
+    for key in result.source_only:
+        print(f"  disk {key}: in the source, not in the point")
+    if result.identical:
+        print("the point holds exactly what the source holds")
+        return EXIT_OK
+    print("differences found: restoring this point would not give back the source as it is now")
     return EXIT_DAMAGED

@@ -10,7 +10,7 @@ from ..engine.restore import disk_images, restore_point_to_dir
 from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from ..terminal import TerminalProgress
-from .common import EXIT_OK, json_option, open_repository, repo_options
+from .common import EXIT_OK, json_option, no_lock_option, open_repository, repo_options
 from .vsphere import tls_options
 
 
@@ -50,6 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     host.add_argument("--no-verify", action="store_true", help="skip reading the uploaded disks back")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, metavar="N", help="reader threads")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    no_lock_option(p)
     json_option(p)
     p.set_defaults(func=cmd_restore)
 
@@ -59,7 +60,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise ConfigError("say where to restore: --to-dir DIR, or --to-host URL with --datastore DS")
     if args.server is not None:
         return restore_to_host(args)
-    with open_repository(args) as repo, repo.lock("restore"):
+    with open_repository(args) as repo, repo.read_lock("restore"):
         point = repo.find_point(args.point)
         progress = TerminalProgress(quiet=args.quiet)
         disks = restore_point_to_dir(repo, point, args.to_dir, max(1, args.workers), progress)
@@ -86,7 +87,7 @@ def restore_to_host(args: argparse.Namespace) -> int:
             raise ConfigError(f"--network takes OLD=NEW, not {item!r}")
         network_map[old] = new
     workers = max(1, args.workers)
-    with open_repository(args) as repo, repo.lock("restore"):
+    with open_repository(args) as repo, repo.read_lock("restore"):
         point = repo.find_point(args.point)
         if point.source.get("type") != "vsphere" or not point.hardware:
             raise ConfigError(f"point {point.short_id} is not of a vSphere VM; restore it with --to-dir")

@@ -80,12 +80,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--vm", action="append", required=True, metavar="NAME", help="VM to back up (repeatable)")
     repo_options(p)
     p.add_argument("--no-quiesce", action="store_true", help="take crash-consistent snapshots, never quiesced ones")
-    p.add_argument(
-        "--full-every",
-        type=int,
-        metavar="N",
-        help="make every Nth backup of a VM an active full (read everything), e.g. 30",
-    )
     # Reads are HTTP round trips: more of them in flight than there are CPUs keeps the link busy.
     backup_options(p, workers=max(4, os.cpu_count() or 2))
     p.set_defaults(func=cmd_backup)
@@ -158,8 +152,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from vmkeep.hypervisors.vsphere.connection import VSphereConnection
     from vmkeep.hypervisors.vsphere.exceptions import SnapshotError
 
-    if args.full_every is not None and args.full_every < 1:
-        raise ConfigError("--full-every must be at least 1")
     vms = list(dict.fromkeys(args.vm))  # each VM once, in the order given
     points: list[RecoveryPoint] = []
     failures: list[dict[str, Any]] = []

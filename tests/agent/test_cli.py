@@ -105,7 +105,9 @@ def test_missing_and_non_repositories(tmp_path: Path) -> None:
 
 def test_corrupt_config_is_a_clear_error(cli_repo: Path) -> None:
     (cli_repo / "config").write_text("{ garbage")
-    assert_one_line_error(run_vmkeep("points", "--repo", cli_repo), "not a vmkeep repository config")
+    result = run_vmkeep("points", "--repo", cli_repo)
+    assert_one_line_error(result, "corrupt repository: config: not JSON")
+    assert result.code == 3
 
 
 def test_wrong_and_missing_passphrase(tmp_path: Path) -> None:
