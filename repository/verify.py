@@ -16,8 +16,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from .damage import DamagedCopy, DamageRecord
-from .exceptions import RepositoryError
+from .exceptions import CorruptRepository, RepositoryError
 from .index import BlobLocation, BlockIndex, IndexEntry
+from .keys import KEYS_COPY_FILE, KEYS_FILE, KeysDocument
 from .locks import read_locks
 from .packs import PACK_DIR, pack_name, pack_name_of, pack_path
 from .repo import Repository
@@ -79,6 +80,7 @@ def verify(
                 repo.read_damage_record(name)
             except RepositoryError as exc:
                 report.errors.append(f"damage record {name}: {exc}")
+        _check_keys(repo, report)
         for found in read_locks(repo.backend):
             if found.info is None:
                 report.warnings.append(
@@ -94,6 +96,26 @@ def verify(
         elif problems:
             report.warnings.append("verify ran without a lock: the damage found was not recorded")
     return report
+
+
+def _check_keys(repo: Repository, report: VerifyReport) -> None:
+    """Both copies of the keys parse, pass their checksum and belong to this repository."""
+    for name in (KEYS_FILE, KEYS_COPY_FILE):
+        try:
+            content = repo.backend.read(name)
+        except CorruptRepository:  # missing
+            if name == KEYS_COPY_FILE:
+                report.warnings.append(
+                    f"there is no second copy of the keys ({name}); 'vmkeep key export --file F' then "
+                    "'vmkeep key import F' writes both"
+                )
+            else:
+                report.errors.append(f"{name} is missing; the repository opened with its second copy")
+            continue
+        try:
+            KeysDocument.parse(content, name).check_repository(repo.config.repo_id, name)
+        except CorruptRepository as exc:
+            report.errors.append(f"{exc}; the other copy of the keys still opens the repository")
 
 
 def _check_packs(

@@ -106,3 +106,15 @@ def test_orphan_pack_is_a_warning_not_an_error(repo_path: Path, tmp_path: Path) 
         report = verify(repo, read_data=True)
     assert report.ok
     assert any("no index names" in w for w in report.warnings)
+
+
+def test_verify_checks_both_copies_of_the_keys(repo_path: Path) -> None:
+    copy = repo_path / "keyscopy"
+    content = bytearray(copy.read_bytes())
+    content[content.index(b'"id_key"') + 12] ^= 0x01
+    copy.write_bytes(bytes(content))
+    result = run_vmkeep("verify", "--repo", repo_path)
+    assert result.code == 3 and "keyscopy" in result.out and "still opens the repository" in result.out
+    copy.unlink()
+    result = run_vmkeep("verify", "--repo", repo_path)
+    assert result.code == 0 and "no second copy of the keys" in result.out
