@@ -171,16 +171,45 @@ def _all_but_the_last(history: History, work: Path) -> Start:
 
 
 def _garbage_to_repack(history: History, work: Path) -> Start:
-    """Two of three points forgotten: gc must repack packs, write a new index and delete the old files."""
+    """Two of three points forgotten and a backup killed before its index: gc has everything to do.
+
+    It must repack packs, write a new index, delete the old index, the packs it emptied and the
+    killed backup's orphan packs, its index file left in tmp/ and its stale lock.
+    """
     repo = work / "repo"
     shutil.copytree(history.repo, repo)
     assert run_vmkeep("forget", "--repo", repo, "--keep-last", "1").code == 0
-    dry = run_vmkeep("gc", "--repo", repo, "--dry-run", "--json")
-    assert dry.code == 0, dry.err
-    plan = json.loads(dry.out)
-    assert plan["packs_repacked"] >= 2, plan
+    _backup_killed_before_its_index(_changed_image(history, work).image, repo, work)
+    assert any((repo / "tmp").iterdir()) and any((repo / "locks").iterdir())
+    plan = _gc_plan(repo, work)
+    assert plan["packs_repacked"] >= 2 and plan["packs_deleted"] >= 1, plan
     last = list(history.points)[-1]
     return Start(repo, {last: history.points[last]}, leaves_no_garbage=True)
+
+
+def _gc_plan(repo: Path, work: Path) -> dict[str, Any]:
+    """What gc would do, asked of a copy (even a dry run removes stale locks)."""
+    copy = work / "plan"
+    shutil.copytree(repo, copy)
+    dry = run_vmkeep("gc", "--repo", copy, "--dry-run", "--json")
+    assert dry.code == 0, dry.err
+    plan: dict[str, Any] = json.loads(dry.out)
+    shutil.rmtree(copy)
+    return plan
+
+
+def _backup_killed_before_its_index(image: Path | None, repo: Path, work: Path) -> None:
+    """Back ``image`` up into ``repo``, killed as its index file is about to be renamed into place."""
+    args = ("backup-image", str(image), "--name", "vm", "--repo")
+    trial = work / "trial"
+    shutil.copytree(repo, trial)
+    log = work / "trial-steps"
+    assert run_vmkeep(*args, trial, env={STEP_LOG_VARIABLE: str(log)}).code == 0
+    steps = [StepTaken.parse(line) for line in log.read_text().splitlines()]
+    kill_at = next(
+        s.number for s in steps if s.phase is Phase.BEFORE and s.op is Op.RENAME and s.name.startswith("index/")
+    )
+    assert run_vmkeep(*args, repo, env={KILL_AT_VARIABLE: str(kill_at)}).code == -signal.SIGKILL
 
 
 def _no_repository(history: History, work: Path) -> Start:
@@ -336,6 +365,8 @@ def covered(request: pytest.FixtureRequest) -> Iterator[dict[str, Coverage]]:
     """Coverage per command, summed up after the last command."""
     commands: dict[str, Coverage] = {}
     yield commands
+    if not commands:
+        return
     total = Coverage()
     for coverage in commands.values():
         total += coverage
