@@ -19,7 +19,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import faults
 from .exceptions import CorruptRepository, RepositoryError, RepositoryFull
+from .faults import Op
 
 _NAME = re.compile(r"^[a-z]+(/[0-9a-z][0-9a-z._-]*)*$|^[a-z]+$")
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -114,6 +116,9 @@ class LocalBackend(Backend):
     they are written once and read rarely, and copying them through the page cache only to
     flush it again at fsync cost 1.8 s of kernel CPU per 0.9 GiB on the project's VM (0.4 s
     direct). File systems that refuse O_DIRECT get ordinary writes.
+
+    Every operation that changes the disk is wrapped in ``faults.step``, a test-only hook
+    (a no-op unless the crash tests set its variables; see faults.py).
     """
 
     _MAX_OPEN = 64
@@ -139,20 +144,24 @@ class LocalBackend(Backend):
         parts = list(chunks)
         direct = self._direct and sum(len(c) for c in parts) >= self.DIRECT_MIN
         try:
-            if not (direct and self._write_direct(tmp, parts)):
+            if not (direct and self._write_direct(tmp, parts, name)):
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC, 0o600)
                 try:
-                    for chunk in parts:
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view) :]
-                    os.fsync(fd)
+                    with faults.step(Op.WRITE, name):
+                        for chunk in parts:
+                            view = memoryview(chunk)
+                            while view:
+                                view = view[os.write(fd, view) :]
+                    with faults.step(Op.FSYNC, name):
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
             if not final.parent.is_dir():
-                final.parent.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(final.parent.parent)
-            os.rename(tmp, final)
+                with faults.step(Op.MKDIR, self._relative(final.parent)):
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                self._fsync_dir(final.parent.parent)
+            with faults.step(Op.RENAME, name):
+                os.rename(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -162,9 +171,9 @@ class LocalBackend(Backend):
             with self._lock:
                 self._unsynced_dirs.add(final.parent)
         else:
-            _fsync_dir(final.parent)
+            self._fsync_dir(final.parent)
 
-    def _write_direct(self, tmp: Path, parts: list[bytes | memoryview]) -> bool:
+    def _write_direct(self, tmp: Path, parts: list[bytes | memoryview], name: str) -> bool:
         """Write ``tmp`` with O_DIRECT and fsync it; False (nothing left behind) if refused."""
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o600)
@@ -179,7 +188,7 @@ class LocalBackend(Backend):
         refused = False
         try:
             offset = filled = 0
-            with memoryview(stage) as staged:
+            with faults.step(Op.WRITE_DIRECT, name), memoryview(stage) as staged:
                 for chunk in parts:
                     view = memoryview(chunk).cast("B")
                     while view:
@@ -193,8 +202,9 @@ class LocalBackend(Backend):
                     padded = -(-filled // self.ALIGN) * self.ALIGN
                     staged[filled:padded] = bytes(padded - filled)
                     _pwrite_all(fd, staged[:padded], offset)
-            os.ftruncate(fd, offset + filled)  # drop the padding
-            os.fsync(fd)
+                os.ftruncate(fd, offset + filled)  # drop the padding
+            with faults.step(Op.FSYNC, name):
+                os.fsync(fd)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
@@ -210,7 +220,7 @@ class LocalBackend(Backend):
         with self._lock:
             dirs, self._unsynced_dirs = self._unsynced_dirs, set()
         for directory in sorted(dirs):
-            _fsync_dir(directory)
+            self._fsync_dir(directory, Op.DEFERRED_DIR_FSYNC)
 
     def _read(self, name: str, offset: int, length: int) -> bytes:
         if not name.startswith("data/"):  # only packs are read often enough to keep open
@@ -268,8 +278,20 @@ class LocalBackend(Backend):
     def _delete(self, name: str) -> None:
         self._forget_fd(name)
         path = self._path(name)
-        path.unlink()
-        _fsync_dir(path.parent)
+        with faults.step(Op.UNLINK, name):
+            path.unlink()
+        self._fsync_dir(path.parent)
+
+    def _fsync_dir(self, path: Path, op: Op = Op.DIR_FSYNC) -> None:
+        with faults.step(op, self._relative(path)):
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
 
     def _forget_fd(self, name: str) -> None:
         with self._lock:
@@ -289,14 +311,6 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _translate(exc: OSError, what: str) -> RepositoryError:

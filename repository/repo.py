@@ -25,11 +25,11 @@ from .exceptions import (
 )
 from .format import SealedKind
 from .index import BlockIndex, IndexEntry, decode_index
-from .keys import Keys, KeysDocument, open_keys, write_keys
+from .keys import KEYS_COPY_FILE, KEYS_FILE, Keys, KeysDocument, open_keys, write_keys
 from .locks import LOCK_DIR, Lock
 from .packs import PACK_DIR, pack_path
 from .points import POINT_DIR, RecoveryPoint
-from .reserve import ensure_reserve
+from .reserve import RESERVE_FILE, ensure_reserve
 from .tree import Geometry, iter_block_ids, leaf_ids
 from .writer import INDEX_DIR, BlobWriter, content_name
 
@@ -66,7 +66,9 @@ class Repository:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             if (path / CONFIG_FILE).exists():
                 raise RepositoryExists(f"{path} already holds a repository")
-            raise RepositoryExists(f"{path} exists and is not an empty directory")
+            if not _left_by_interrupted_init(path):
+                raise RepositoryExists(f"{path} exists and is not an empty directory")
+            log.warning("%s holds only what an interrupted 'vmkeep init' left: initialising it again", path)
         keys = Keys.generate(encrypted=config.encryption != "none")
         document = KeysDocument.wrap(keys, passphrase, config.repo_id)
         try:
@@ -359,3 +361,22 @@ class Repository:
     def _check_name(name: str, data: bytes) -> None:
         if content_name(data) != name.rsplit("/", 1)[1]:
             raise CorruptRepository(f"{name}: content does not match its name")
+
+
+def _left_by_interrupted_init(path: Path) -> bool:
+    """True if ``path`` holds nothing but what ``init`` writes before ``config`` (its last file).
+
+    A repository exists once it has a config; before that, init has made the directories
+    (empty, but for files being written in ``tmp/``), and perhaps keys, their copy and the
+    reserve. A directory holding anything else is someone's data, and init refuses it.
+    """
+    top_files = {KEYS_FILE, KEYS_COPY_FILE, RESERVE_FILE}
+    for entry in path.iterdir():
+        if entry.is_file() and not entry.is_symlink() and entry.name in top_files:
+            continue
+        if not entry.is_dir() or entry.is_symlink() or entry.name not in SUBDIRS:
+            return False
+        for inner in entry.iterdir():
+            if not (entry.name == "tmp" and inner.is_file() and inner.name.endswith(".tmp")):
+                return False
+    return True

@@ -159,3 +159,23 @@ def test_hints_with_discarded_extents_read_as_changed(cli_repo: Path, tmp_path: 
     out = tmp_path / "out"
     assert run_vmkeep("restore", "latest", "--repo", cli_repo, "--to-dir", out).code == 0
     assert (out / "a-disk0.img").read_bytes() == image.read_bytes()
+
+
+def test_init_takes_over_what_an_interrupted_init_left_and_nothing_else(tmp_path: Path) -> None:
+    """Found by the step-by-step kill test: init killed before writing config left a directory
+    that was neither a repository nor empty, which init then refused."""
+    path = tmp_path / "repo"
+    for sub in ("data", "index", "points", "locks", "damage", "tmp"):
+        (path / sub).mkdir(parents=True)
+    (path / "tmp" / "0123456789abcdef.tmp").write_bytes(b"half a keys file")
+    (path / "keys").write_bytes(b"{}")
+    result = run_vmkeep("init", path)
+    assert result.code == 0, result.err
+    assert "interrupted 'vmkeep init'" in result.err
+    assert run_vmkeep("verify", "--repo", path).code == 0
+
+    other = tmp_path / "other"
+    (other / "data").mkdir(parents=True)
+    (other / "notes.txt").write_text("someone's data")
+    assert_one_line_error(run_vmkeep("init", other), "exists and is not an empty directory")
+    assert (other / "notes.txt").read_text() == "someone's data"
