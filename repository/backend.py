@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import faults
-from .exceptions import CorruptRepository, RepositoryError, RepositoryFull
+from .exceptions import CorruptRepository, FileMissing, RepositoryError, RepositoryFull
 from .faults import Op
 
 _NAME = re.compile(r"^[a-z]+(/[0-9a-z][0-9a-z._-]*)*$|^[a-z]+$")
@@ -57,7 +57,7 @@ class Backend(ABC):
         try:
             data = self._read(name, offset, length)
         except FileNotFoundError:
-            raise CorruptRepository(f"{name} is missing") from None
+            raise FileMissing(f"{name} is missing") from None
         except OSError as exc:
             raise _translate(exc, f"reading {name}") from exc
         if length >= 0 and len(data) != length:

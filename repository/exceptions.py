@@ -27,6 +27,10 @@ class CorruptRepository(RepositoryError):
     """A repository file failed its checksum, authentication or structural checks."""
 
 
+class FileMissing(CorruptRepository):
+    """A repository file is not there (damage, or removed by another process since it was listed)."""
+
+
 class BlockMissing(CorruptRepository):
     """A recovery point refers to a block that no index or pack holds."""
 

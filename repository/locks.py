@@ -38,7 +38,7 @@ from functools import cache
 from types import TracebackType
 
 from .backend import Backend
-from .exceptions import CorruptRepository, LockLost, RepositoryError, RepositoryLocked
+from .exceptions import CorruptRepository, FileMissing, LockLost, RepositoryError, RepositoryLocked
 from .validate import json_object, number, obj, typed
 
 LOCK_DIR = "locks"
@@ -296,7 +296,7 @@ def read_locks(backend: Backend) -> list[FoundLock]:
     for f in backend.list(LOCK_DIR):
         try:
             raw = backend.read(f.name)
-        except CorruptRepository:  # vanished between list and read: released meanwhile
+        except FileMissing:  # vanished between list and read: released meanwhile
             continue
         except RepositoryError as exc:
             found.append(FoundLock(f.name, f.mtime, None, str(exc)))

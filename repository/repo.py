@@ -16,6 +16,7 @@ from .exceptions import (
     AmbiguousPoint,
     BlockMissing,
     CorruptRepository,
+    FileMissing,
     LockLost,
     NotARepository,
     PointNotFound,
@@ -291,6 +292,8 @@ class Repository:
         for pid in self.point_ids():
             try:
                 scan.points.append(self.load_point(pid))
+            except FileMissing:  # forgotten by another process since it was listed
+                continue
             except CorruptRepository as exc:
                 scan.damaged[pid] = str(exc)
         scan.points.sort(key=lambda p: (p.time, p.id))

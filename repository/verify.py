@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from .damage import DamagedCopy, DamageRecord
-from .exceptions import CorruptRepository, RepositoryError
+from .exceptions import CorruptRepository, FileMissing, RepositoryError
 from .index import BlobLocation, BlockIndex, IndexEntry
 from .keys import KEYS_COPY_FILE, KEYS_FILE, KeysDocument
 from .locks import read_locks
@@ -103,7 +103,7 @@ def _check_keys(repo: Repository, report: VerifyReport) -> None:
     for name in (KEYS_FILE, KEYS_COPY_FILE):
         try:
             content = repo.backend.read(name)
-        except CorruptRepository:  # missing
+        except FileMissing:
             if name == KEYS_COPY_FILE:
                 report.warnings.append(
                     f"there is no second copy of the keys ({name}); 'vmkeep key export --file F' then "

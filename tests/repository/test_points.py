@@ -69,3 +69,16 @@ def test_unknown_fields_are_ignored_and_modes_are_enums(repo_path: Path, tmp_pat
     assert json.loads(point.to_payload())["disks"][0]["mode"] == "full"
     with pytest.raises(CorruptRepository, match="not a valid recovery point"):
         RecoveryPoint.from_payload(b"[1, 2]", "ab" * 32)
+
+
+def test_a_point_forgotten_while_the_list_is_read_is_not_damage(repo_path: Path, tmp_path: Path) -> None:
+    """A forget between listing points/ and reading a file cannot be timed between two real
+    processes; the listing is given one name whose file is gone instead (the race's outcome)."""
+    _valid_doc(repo_path, tmp_path)
+    with Repository.open(repo_path, None) as repo:
+        listed = repo.point_ids()
+        original = repo.point_ids
+        repo.point_ids = lambda: listed + ["ab" * 32]  # type: ignore[method-assign]  # listed, then gone
+        scan = repo.scan_points()
+        repo.point_ids = original  # type: ignore[method-assign]
+    assert len(scan.points) == 1 and scan.damaged == {}
