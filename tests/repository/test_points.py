@@ -78,7 +78,7 @@ def test_a_point_forgotten_while_the_list_is_read_is_not_damage(repo_path: Path,
     with Repository.open(repo_path, None) as repo:
         listed = repo.point_ids()
         original = repo.point_ids
-        repo.point_ids = lambda: listed + ["ab" * 32]  # type: ignore[method-assign]  # listed, then gone
+        repo.point_ids = lambda: [*listed, "ab" * 32]  # type: ignore[method-assign]  # listed, then gone
         scan = repo.scan_points()
         repo.point_ids = original  # type: ignore[method-assign]
     assert len(scan.points) == 1 and scan.damaged == {}
