@@ -14,13 +14,12 @@ import socket
 import ssl
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.fixtures.certs import Cert, Pki
+from tests.fixtures.certs import VERIFYING, Pki, case_for
 from tests.fixtures.tls_front import TlsFront, hello_server, tls_front
 from vmkeep.hypervisors.exceptions import CleartextRefused, UntrustedCertificate
 from vmkeep.hypervisors.https import trusted_session
@@ -32,52 +31,6 @@ from vmkeep.hypervisors.tls import (
     cleartext_problem,
     require_tls,
 )
-
-
-@dataclass(frozen=True)
-class Case:
-    policy: TlsPolicy
-    genuine: Cert
-    rogues: dict[str, Cert]
-
-
-def case_for(mode: TrustMode, pki: Pki) -> Case:
-    """The server's genuine certificate under each mode, and the certificates that must be refused."""
-    if mode is TrustMode.PINNED:
-        return Case(
-            TlsPolicy(thumbprint=pki.pinned.sha256),
-            pki.pinned,
-            {
-                "from a CA in the trust store": pki.public_leaf,
-                "another self-signed": pki.other_self_signed,
-                "expired": pki.public_expired,
-                "for another host": pki.public_other_host,
-            },
-        )
-    if mode is TrustMode.CA_FILE:
-        return Case(
-            TlsPolicy(ca_file=pki.private_ca.cert_pem),
-            pki.private_leaf,
-            {
-                "from a CA in the trust store": pki.public_leaf,
-                "self-signed": pki.other_self_signed,
-                "expired": pki.private_expired,
-                "for another host": pki.private_other_host,
-            },
-        )
-    return Case(
-        TlsPolicy(),
-        pki.public_leaf,
-        {
-            "from a CA not in the trust store": pki.private_leaf,
-            "self-signed": pki.other_self_signed,
-            "expired": pki.public_expired,
-            "for another host": pki.public_other_host,
-        },
-    )
-
-
-VERIFYING = [TrustMode.PINNED, TrustMode.CA_FILE, TrustMode.SYSTEM]
 
 
 @pytest.fixture
