@@ -117,12 +117,12 @@ def write_sample_disk(write: Callable[[int, bytes], None], size: int, seed: int 
 
 
 def run_vsphere_demo(workdir: Path | None, size: int, say: Callable[[str], None]) -> DemoResult:
+    from vmkeep.hypervisors.tls import TlsPolicy
     from vmkeep.hypervisors.vsphere.connection import ConnectionSettings, VSphereConnection
     from vmkeep.hypervisors.vsphere.restore import RestoreTarget, restore_vm
     from vmkeep.hypervisors.vsphere.session import VSphereSession
     from vmkeep.hypervisors.vsphere.simulator import Simulator, SimulatorOptions, build, needs_build
     from vmkeep.hypervisors.vsphere.simulator_tls import make_tls_material
-    from vmkeep.hypervisors.vsphere.tls import TlsPolicy
 
     from .engine.restore import disk_images
 

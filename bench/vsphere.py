@@ -67,9 +67,9 @@ def time_snapshot(endpoint: object, tls_sha256: str) -> float:
     """Seconds to create and remove a snapshot of the VM: the simulator copies the disk's allocated
     blocks into a new layer (real ESXi starts a delta file in constant time), so this share of an
     incremental's fixed cost belongs to the simulator."""
+    from vmkeep.hypervisors.tls import TlsPolicy
     from vmkeep.hypervisors.vsphere.connection import ConnectionSettings, VSphereConnection
     from vmkeep.hypervisors.vsphere.session import VSphereSession
-    from vmkeep.hypervisors.vsphere.tls import TlsPolicy
 
     ep: Any = endpoint
     settings = ConnectionSettings(f"{ep.host}:{ep.port}", ep.user, ep.password, TlsPolicy(thumbprint=tls_sha256))

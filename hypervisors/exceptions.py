@@ -13,3 +13,15 @@ class SourceUnavailable(SourceError):
 
 class VMNotFound(SourceError):
     """No VM of that name on the host."""
+
+
+class UntrustedCertificate(SourceUnavailable):
+    """The server's TLS certificate is not the trusted one; the message names the one presented."""
+
+    def __init__(self, message: str, presented_sha256: str | None = None) -> None:
+        super().__init__(message)
+        self.presented_sha256 = presented_sha256
+
+
+class CleartextRefused(SourceError):
+    """A plain-text URL for a connection that carries secrets, or TLS options for one."""

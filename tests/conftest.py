@@ -1,6 +1,7 @@
 """Shared fixtures: simulators and repositories live in tests/fixtures/ and are registered here."""
 
 pytest_plugins = [
+    "tests.fixtures.certs",
     "tests.fixtures.repos",
     "tests.fixtures.vcsim",
 ]

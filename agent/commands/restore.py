@@ -87,6 +87,7 @@ def restore_to_host(args: argparse.Namespace) -> int:
             raise ConfigError(f"--network takes OLD=NEW, not {item!r}")
         network_map[old] = new
     workers = max(1, args.workers)
+    settings = settings_from(args)  # a refused URL or TLS option fails before the repository is opened
     with open_repository(args) as repo, repo.read_lock("restore"):
         point = repo.find_point(args.point)
         if point.source.get("type") != "vsphere" or not point.hardware:
@@ -103,7 +104,7 @@ def restore_to_host(args: argparse.Namespace) -> int:
         images = disk_images(repo, point, workers)
         progress = TerminalProgress(quiet=args.quiet)
         progress.disk_started(point.vm, "all disks", sum(d.capacity for d in point.disks), "upload", None)
-        with VSphereConnection(settings_from(args)) as conn:
+        with VSphereConnection(settings) as conn:
             restored = restore_vm(conn, point.hardware, images, target, progress=progress.advance)
         progress.disk_finished("all disks")
     if args.json:

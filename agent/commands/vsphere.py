@@ -44,25 +44,41 @@ def connection_options(p: argparse.ArgumentParser, server_flag: str = "--vcenter
 
 def tls_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     tls = p.add_mutually_exclusive_group()
-    tls.add_argument("--ca-file", type=Path, metavar="FILE", help="trust the CA certificates in FILE (PEM)")
+    tls.add_argument("--ca-file", type=Path, metavar="FILE", help="trust only the CA certificates in FILE (PEM)")
     tls.add_argument(
         "--thumbprint",
         metavar="HEX",
         help="trust exactly the certificate with this SHA-256 (or SHA-1) thumbprint, and no other",
     )
     tls.add_argument("--insecure", action="store_true", help="do NOT verify the server's certificate (dangerous)")
+    p.add_argument(
+        "--allow-cleartext",
+        action="store_true",
+        help="accept an http:// URL: the password and the disks then cross the network unencrypted (simulators)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> ConnectionSettings:
-    from vmkeep.hypervisors.vsphere.connection import ConnectionSettings
-    from vmkeep.hypervisors.vsphere.tls import TlsPolicy, normalise_thumbprint
+    """Connection settings from the options; bad TLS or URL choices fail before a password is asked for."""
+    from vmkeep.hypervisors.tls import TlsPolicy, cleartext_problem, normalise_thumbprint
+    from vmkeep.hypervisors.vsphere.connection import ConnectionSettings, parse_server
+    from vmkeep.hypervisors.vsphere.exceptions import ConnectionFailed
 
     if args.thumbprint:
         try:
             normalise_thumbprint(args.thumbprint)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    tls = TlsPolicy(ca_file=args.ca_file, thumbprint=args.thumbprint, insecure=args.insecure)
+    tls = TlsPolicy(
+        ca_file=args.ca_file, thumbprint=args.thumbprint, insecure=args.insecure, allow_cleartext=args.allow_cleartext
+    )
+    try:
+        scheme, host, port = parse_server(args.server)
+    except ConnectionFailed as exc:
+        raise ConfigError(str(exc)) from None
+    problem = cleartext_problem(tls, scheme, f"{scheme}://{host}:{port}", "vCenter")
+    if problem:
+        raise ConfigError(problem)
     return ConnectionSettings(args.server, args.user, secrets.password(args.password_file, args.user, args.server), tls)
 
 
@@ -155,7 +171,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     vms = list(dict.fromkeys(args.vm))  # each VM once, in the order given
     points: list[RecoveryPoint] = []
     failures: list[dict[str, Any]] = []
-    with open_repository(args) as repo, VSphereConnection(settings_from(args)) as conn:
+    settings = settings_from(args)
+    with open_repository(args) as repo, VSphereConnection(settings) as conn:
         for name in vms:
             try:
                 point, cleanup_error = _back_up_one(repo, conn, name, args)

@@ -25,8 +25,8 @@ from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapStubAdapter
 from pyVmomi.VmomiSupport import GetServiceVersions
 
+from ..tls import ServerTrust, TlsPolicy, require_tls
 from .exceptions import ConnectionFailed, LoginFailed, UntrustedCertificate
-from .tls import TlsPolicy, make_context, untrusted_message
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,10 @@ KEEPALIVE_EVERY = 300.0
 
 @dataclass(frozen=True)
 class ConnectionSettings:
-    """Where and how to connect. ``server`` is a host, ``host:port`` or URL (``http://`` for simulators)."""
+    """Where and how to connect. ``server`` is a host, ``host:port`` or URL.
+
+    ``http://`` URLs (simulators) are refused unless ``tls.allow_cleartext`` is set.
+    """
 
     server: str
     user: str
@@ -46,12 +49,20 @@ class ConnectionSettings:
 
     def endpoint(self) -> tuple[str, str, int]:
         """(scheme, host, port)."""
-        text = self.server if "://" in self.server else f"https://{self.server}"
+        return parse_server(self.server)
+
+
+def parse_server(server: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a vCenter/ESXi address; https unless the URL says otherwise."""
+    text = server if "://" in server else f"https://{server}"
+    try:
         parts = urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConnectionFailed(f"not a vCenter or ESXi address: {self.server!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return parts.scheme, parts.hostname, port
+        port = parts.port
+    except ValueError:
+        raise ConnectionFailed(f"not a vCenter or ESXi address: {server!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConnectionFailed(f"not a vCenter or ESXi address: {server!r}")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
 class VSphereConnection:
@@ -60,9 +71,14 @@ class VSphereConnection:
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
         self.scheme, self.host, self.port = settings.endpoint()
-        self.ssl_context: ssl.SSLContext | None = (
-            make_context(settings.tls, self.host, self.port) if self.scheme == "https" else None
+        # One trust decision for this server; SOAP and every data session get their own sealed
+        # context from it, so nothing one library does to its context reaches another.
+        self.trust: ServerTrust | None = (
+            ServerTrust.establish(settings.tls, self.host, self.port)
+            if require_tls(settings.tls, self.scheme, self.base_url, "vCenter")
+            else None
         )
+        self.ssl_context: ssl.SSLContext | None = self.trust.context() if self.trust else None
         self._stub: Any = None
         self.si: Any = None
         self._stop = threading.Event()
@@ -94,8 +110,8 @@ class VSphereConnection:
             self.si.RetrieveContent().sessionManager.currentSession  # noqa: B018 - forces the login now
         except vim.fault.InvalidLogin:
             raise LoginFailed(f"{self.host}: wrong user name or password for {user!r}") from None
-        except ssl.SSLCertVerificationError as exc:
-            raise UntrustedCertificate(untrusted_message(self.host, self.port, exc.verify_message)) from None
+        except UntrustedCertificate:  # raised by the handshake itself, naming what was presented
+            raise
         except ssl.SSLError as exc:
             raise ConnectionFailed(f"TLS with {self.host}:{self.port} failed: {exc.reason or exc}") from None
         except (OSError, http.client.HTTPException) as exc:
@@ -115,7 +131,7 @@ class VSphereConnection:
             return SmartStubAdapter(
                 host=self.host, port=self.port, sslContext=self.ssl_context, httpConnectionTimeout=self.settings.timeout
             )
-        # Plain HTTP (simulators only). SmartStubAdapter passes the negative port that means
+        # Plain HTTP (simulators, with --allow-cleartext). SmartStubAdapter passes the negative port that means
         # "http" on to version discovery, which then fails; discover the version directly.
         find_version = getattr(pyvim_connect, "__FindSupportedVersion")
         version = find_version(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..exceptions import SourceError, SourceUnavailable, VMNotFound
+from ..exceptions import SourceError, SourceUnavailable, UntrustedCertificate, VMNotFound
 
 
 class VSphereError(SourceError):
@@ -25,10 +25,6 @@ class ConnectionFailed(SourceUnavailable):
 
 class LoginFailed(SourceUnavailable):
     """Wrong user or password."""
-
-
-class UntrustedCertificate(ConnectionFailed):
-    """The server's certificate does not verify, or does not match the pinned thumbprint."""
 
 
 class SnapshotError(VSphereError):

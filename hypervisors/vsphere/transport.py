@@ -4,6 +4,10 @@
 PUT, authenticated by the SOAP session's cookie and verified with the connection's TLS
 context. Another transport (VDDK through nbdkit, for vSAN and vVols) can implement the same
 two methods.
+
+TLS is the connection's :class:`~vmkeep.hypervisors.tls.ServerTrust`: each thread's session
+has a sealed context of its own, and a server presenting another certificate raises
+``UntrustedCertificate`` at once (never retried).
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import requests
-from requests.adapters import HTTPAdapter
 from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from ..https import trusted_session
 from .connection import SESSION_COOKIE, VSphereConnection
 from .exceptions import TransportError, UnsupportedDisk
 
@@ -64,21 +68,6 @@ class DiskTransport(ABC):
 
 class _Transient(Exception):
     """A fault worth retrying: a dropped connection, a timeout, a 5xx answer."""
-
-
-class _ContextAdapter(HTTPAdapter):
-    """Uses the connection's SSL context, so pinning and CA files apply to data too."""
-
-    def __init__(self, context: Any, **kwargs: Any) -> None:
-        self._context = context
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        if self._context is not None:
-            kwargs["ssl_context"] = self._context
-            if not self._context.check_hostname:
-                kwargs["assert_hostname"] = False
-        super().init_poolmanager(*args, **kwargs)
 
 
 class HttpFlatTransport(DiskTransport):
@@ -139,11 +128,7 @@ class HttpFlatTransport(DiskTransport):
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
-            session.trust_env = False  # REQUESTS_CA_BUNDLE and proxies must not override our TLS policy
-            context = self._conn.ssl_context
-            session.verify = context is None or context.verify_mode != 0
-            session.mount("https://", _ContextAdapter(context, pool_connections=2, pool_maxsize=4))
+            session = trusted_session(self._conn.trust)
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)
