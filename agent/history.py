@@ -211,20 +211,32 @@ class History:
     def vm_runs(
         self, job: str | None = None, vm: str | None = None, since: datetime | None = None
     ) -> list[dict[str, Any]]:
-        """Every VM of every run, oldest first, with its run's trigger."""
+        """Every VM of every run, oldest first, with its run's trigger and slot.
+
+        A run that failed before any VM (its repository missing or locked, its source down) is
+        one row with no VM and the run's error.
+        """
         query = (
-            "SELECT v.*, r.trigger AS trigger, r.scheduled AS scheduled FROM vm_runs v JOIN runs r ON r.id = v.run_id "
-            "WHERE 1 = 1"
+            "SELECT r.id AS run_id, r.job AS job, r.trigger AS trigger, r.scheduled AS scheduled, v.vm AS vm, "
+            "COALESCE(v.status, r.status) AS status, COALESCE(v.started, r.started) AS started, "
+            "COALESCE(v.ended, r.ended) AS ended, COALESCE(v.duration, 0) AS duration, "
+            "COALESCE(v.attempts, 0) AS attempts, v.point_id AS point_id, v.kind AS kind, v.reason AS reason, "
+            "COALESCE(v.read_bytes, 0) AS read_bytes, COALESCE(v.stored_bytes, 0) AS stored_bytes, "
+            "COALESCE(v.new_bytes, 0) AS new_bytes, COALESCE(v.error, r.error) AS error "
+            "FROM runs r LEFT JOIN vm_runs v ON v.run_id = r.id WHERE (v.id IS NOT NULL OR r.status != 'running')"
         )
         params: list[str] = []
         if job:
-            query, params = query + " AND v.job = ?", [*params, job]
+            query, params = query + " AND r.job = ?", [*params, job]
         if vm:
             query, params = query + " AND v.vm = ?", [*params, vm]
         if since:
-            query, params = query + " AND v.started >= ?", [*params, since.astimezone(UTC).isoformat()]
+            query, params = (
+                query + " AND COALESCE(v.started, r.started) >= ?",
+                [*params, since.astimezone(UTC).isoformat()],
+            )
         with self._guard:
-            rows = self._db.execute(query + " ORDER BY v.id", params).fetchall()
+            rows = self._db.execute(query + " ORDER BY r.id, v.id", params).fetchall()
         return [dict(r) for r in rows]
 
     def last_vm_results(self) -> dict[str, dict[str, Any]]:

@@ -224,7 +224,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             [
                 r["started"][:19].replace("T", " "),
                 r["job"],
-                r["vm"],
+                r["vm"] or "-",
                 r["status"],
                 r["kind"] or "-",
                 human_size(r["read_bytes"]),

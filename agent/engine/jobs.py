@@ -172,13 +172,13 @@ def run_task(task: BackupTask, resources: Resources, token: CancelToken, retry: 
         if result.status != VmStatus.FAILED or attempt > retry.count or isinstance(result.exception, ConfigError):
             return result
         log.warning(
-            "job=%s vm=%s event=retry attempt=%d of %d delay=%gs error=%s",
-            task.job,
+            "%s: attempt %d of %d failed (%s); retrying in %gs",
             task.vm,
-            attempt + 1,
+            attempt,
             retry.count + 1,
-            retry.delay,
             result.error,
+            retry.delay,
+            extra={"vmkeep_fields": {"event": "vm-retry", "job": task.job, "vm": task.vm, "attempt": attempt}},
         )
         if token.wait(retry.delay):
             result.status = VmStatus.INTERRUPTED

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.agent import AgentProcess, history
+from tests.fixtures.agent import AgentProcess, WebhookReceiver, history
 from tests.fixtures.jobfile import write_job_file
+from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 from tests.fixtures.vcsim import Vcsim
 from vmkeep.repository.repo import Repository
 
@@ -77,3 +80,175 @@ def test_jobs_run_at_their_times_and_history_matches_the_repository(
         assert 0 <= (started - slot).total_seconds() < 3, r
     snapshots = {s.name: len(s.snapshots) for s in vcsim.api.states()}
     assert set(snapshots.values()) == {0}
+
+
+ONE_JOB = """
+[jobs.nightly]
+source = "sim"
+repository = "main"
+vms = ["DC0_H0_VM0", "DC0_H0_VM1", "DC0_C0_RP0_VM0"]
+schedule = "{schedule}"
+concurrency = 3
+workers = 2
+{extra}
+"""
+
+
+def _one_job(schedule: str = "*/2 * * * * *", extra: str = "") -> str:
+    return ONE_JOB.format(schedule=schedule, extra=extra)
+
+
+def test_a_failing_vm_is_retried_and_reported_while_the_others_succeed(
+    tmp_path: Path, vcsim: Vcsim, repo_path: Path, agents: list[AgentProcess]
+) -> None:
+    hook = WebhookReceiver()
+    try:
+        vcsim.api.http_status(403, path_contains="DC0_H0_VM1/", count=-1)  # its disk cannot be read
+        extra = f'retries = {{ count = 1, delay = 0 }}\nwebhook = "{hook.url}"'
+        config = write_job_file(tmp_path, vcsim, repo_path, _one_job("*/3 * * * * *", extra))
+        agent = AgentProcess.start(config)
+        agents.append(agent)
+        agent.wait_for(lambda: hook.received, "a failure notice")
+        assert agent.stop() == 0
+    finally:
+        hook.close()
+    rows = [r for r in history(config) if r["run_id"] == hook.received[0]["run_id"]]
+    by_vm = {r["vm"]: r for r in rows}
+    assert by_vm["DC0_H0_VM1"]["status"] == "failed" and by_vm["DC0_H0_VM1"]["attempts"] == 2
+    assert "HTTP 403" in by_vm["DC0_H0_VM1"]["error"] and by_vm["DC0_H0_VM1"]["point_id"] is None
+    for vm in ("DC0_H0_VM0", "DC0_C0_RP0_VM0"):
+        assert by_vm[vm]["status"] == "succeeded" and by_vm[vm]["point_id"] in _points(repo_path)
+    notice = hook.received[0]
+    assert notice["job"] == "nightly" and notice["status"] == "partial"
+    assert [f["vm"] for f in notice["failed"]] == ["DC0_H0_VM1"] and notice["failed"][0]["attempts"] == 2
+    assert sorted(s["vm"] for s in notice["succeeded"]) == ["DC0_C0_RP0_VM0", "DC0_H0_VM0"]
+    assert [e["vm"] for e in agent.events("vm-retry")][:1] == ["DC0_H0_VM1"]
+    assert {len(s.snapshots) for s in vcsim.api.states()} == {0}
+
+
+def test_sigterm_mid_backup_removes_the_snapshots_and_commits_nothing(
+    tmp_path: Path, vcsim: Vcsim, repo_path: Path, agents: list[AgentProcess]
+) -> None:
+    vcsim.api.delay(0.3, path_contains="-flat.vmdk", count=100_000)  # a slow datastore: backups take long
+    config = write_job_file(tmp_path, vcsim, repo_path, _one_job())
+    agent = AgentProcess.start(config)
+    agents.append(agent)
+    agent.wait_for(
+        lambda: sum(len(s.snapshots) for s in vcsim.api.states()) == 3, "every VM's backup to hold its snapshot"
+    )
+    agent.signal(signal.SIGTERM)
+    assert agent.proc.wait(60) == 0
+    assert {len(s.snapshots) for s in vcsim.api.states()} == {0}
+    assert _points(repo_path) == {}
+    rows = history(config)
+    assert rows and {r["status"] for r in rows} == {"interrupted"}
+    assert run_vmkeep("verify", "--repo", repo_path).code == 0
+
+
+def test_a_restart_runs_a_missed_job_once(
+    tmp_path: Path, vcsim: Vcsim, repo_path: Path, agents: list[AgentProcess]
+) -> None:
+    config = write_job_file(tmp_path, vcsim, repo_path, _one_job())
+    first = AgentProcess.start(config)
+    agents.append(first)
+    first.wait_for(lambda: first.events("run-finished"), "a first run")
+    assert first.stop() == 0
+    time.sleep(5)  # the agent is down for two or more slots (every 2 s)
+    second = AgentProcess.start(config)
+    agents.append(second)
+    second.wait_for(lambda: second.events("run-finished"), "the missed run")
+    assert second.stop() == 0
+    started = second.events("run-started")
+    missed = [e for e in started if e["trigger"] == "missed"]
+    assert len(missed) == 1 and started[0] == missed[0]  # once, first, however many slots were missed
+    run = next(r for r in history(config) if r["run_id"] == missed[0]["run"])
+    slot = datetime.fromisoformat(str(run["scheduled"]))
+    boot = datetime.fromisoformat(second.events("agent-started")[0]["time"])
+    assert slot.second % 2 == 0 and 0 <= (boot - slot).total_seconds() < 2  # the newest slot before the start
+    assert run["status"] == "succeeded"
+
+
+def test_sighup_with_a_broken_file_keeps_the_old_jobs(
+    tmp_path: Path, vcsim: Vcsim, repo_path: Path, agents: list[AgentProcess]
+) -> None:
+    config = write_job_file(tmp_path, vcsim, repo_path, _one_job())
+    good = config.read_text()
+    agent = AgentProcess.start(config)
+    agents.append(agent)
+    config.write_text(good.replace('schedule = "*/2 * * * * *"', 'schedule = "*/2 * * * *  * *"'))
+    agent.signal(signal.SIGHUP)
+    refused = agent.wait_for(lambda: agent.events("reload-refused"), "the reload to be refused")
+    assert "jobs.nightly.schedule" in refused[0]["message"] and "keeping the previous jobs" in refused[0]["message"]
+    count = len(agent.events("run-started"))
+    agent.wait_for(lambda: len(agent.events("run-started")) > count + 1, "the old job to go on")
+
+    config.write_text(good.replace('schedule = "*/2 * * * * *"', 'schedule = "*/3 * * * * *"'))
+    agent.signal(signal.SIGHUP)
+    agent.wait_for(lambda: agent.events("reloaded"), "the valid file to be loaded")
+    assert agent.stop() == 0
+
+
+def test_a_missing_or_locked_repository_fails_its_job_and_the_agent_goes_on(
+    tmp_path: Path, vcsim: Vcsim, repo_path: Path, agents: list[AgentProcess]
+) -> None:
+    jobs = f"""
+[repositories.gone]
+path = "{tmp_path / "nowhere"}"
+
+[jobs.lost]
+source = "sim"
+repository = "gone"
+vms = ["DC0_H0_VM1"]
+schedule = "*/2 * * * * *"
+
+[jobs.ok]
+source = "sim"
+repository = "main"
+vms = ["DC0_H0_VM0"]
+schedule = "*/2 * * * * *"
+workers = 2
+"""
+    config = write_job_file(tmp_path, vcsim, repo_path, jobs)
+    agent = AgentProcess.start(config)
+    agents.append(agent)
+    agent.wait_for(lambda: history(config, "--job", "lost") and history(config, "--job", "ok"), "both jobs to run")
+    lost = history(config, "--job", "lost")[0]
+    assert lost["status"] == "failed" and lost["vm"] is None
+    assert f"repository 'gone' ({tmp_path / 'nowhere'}): " in lost["error"] and "does not exist" in lost["error"]
+
+    with Repository.open(repo_path, None) as repo, repo.lock("a test holds it", exclusive=True):
+        agent.wait_for(
+            lambda: any("is locked" in (r["error"] or "") for r in history(config, "--job", "ok")), "a locked run"
+        )
+    locked = next(r for r in history(config, "--job", "ok") if "is locked" in (r["error"] or ""))
+    assert locked["status"] == "failed" and "a test holds it" in locked["error"]
+    agent.wait_for(lambda: history(config, "--job", "ok")[-1]["status"] == "succeeded", "the job to succeed again")
+    assert agent.proc.poll() is None
+    assert agent.stop() == 0
+
+
+def test_retention_runs_after_each_job(
+    tmp_path: Path, vcsim: Vcsim, repo_path: Path, agents: list[AgentProcess]
+) -> None:
+    extra = "[jobs.nightly.retention]\nlast = 2\n"
+    config = write_job_file(
+        tmp_path,
+        vcsim,
+        repo_path,
+        _one_job(extra=extra).replace('"DC0_H0_VM0", "DC0_H0_VM1", "DC0_C0_RP0_VM0"', '"DC0_H0_VM0"'),
+    )
+    agent = AgentProcess.start(config)
+    agents.append(agent)
+    agent.wait_for(lambda: len(agent.events("point-forgotten")) >= 2, "two points forgotten")
+    assert agent.stop() == 0
+    made = [r["point_id"] for r in history(config) if r["status"] == "succeeded"]
+    assert len(made) >= 4
+    assert set(_points(repo_path)) == set(made[-2:])
+
+
+def test_an_invalid_file_stops_the_agent_from_starting(tmp_path: Path) -> None:
+    config = tmp_path / "vmkeep.toml"
+    config.write_text('[jobs.x]\nsource = "a"\nrepository = "b"\nvms = ["v"]\nschedule = "* * *"\n')
+    result = run_vmkeep("agent", "--config", config)
+    assert result.code == 2
+    assert_one_line_error(result, "jobs.x.schedule (line 5): a cron schedule has 5 fields")
