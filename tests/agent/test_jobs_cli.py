@@ -1,0 +1,79 @@
+"""'vmkeep jobs', 'jobs run' and 'history': through a running agent, and in the foreground without one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.agent import AgentProcess, history
+from tests.fixtures.jobfile import write_job_file
+from tests.fixtures.repos import assert_one_line_error, run_vmkeep
+from tests.fixtures.vcsim import Vcsim
+from vmkeep.repository.repo import Repository
+
+JOBS = """
+[jobs.yearly]
+source = "sim"
+repository = "main"
+vms = ["DC0_H0_*"]
+schedule = "0 3 1 1 *"
+workers = 2
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path, vcsim: Vcsim, repo_path: Path) -> Path:
+    return write_job_file(tmp_path, vcsim, repo_path, JOBS)
+
+
+def test_jobs_run_in_the_foreground_without_an_agent(config: Path, repo_path: Path) -> None:
+    result = run_vmkeep("jobs", "run", "yearly", "--vm", "DC0_H0_VM1", "--config", config, "--json")
+    assert result.code == 0, result.err
+    doc = json.loads(result.out)
+    assert doc["agent"] is False and doc["status"] == "succeeded" and doc["trigger"] == "manual"
+    [vm] = doc["vms"]
+    assert vm["vm"] == "DC0_H0_VM1" and vm["kind"] == "full"
+    with Repository.open(repo_path, None) as repo:
+        assert [(p.id, p.vm) for p in repo.points()] == [(vm["point_id"], "DC0_H0_VM1")]
+    [row] = history(config, "--vm", "DC0_H0_VM1")
+    assert row["point_id"] == vm["point_id"] and row["trigger"] == "manual" and row["read_bytes"] == vm["read_bytes"]
+    assert history(config, "--vm", "DC0_H0_VM0") == []
+    assert history(config, "--since", "1h") == [row]
+    assert history(config, "--since", "2999-01-01") == []
+
+    text = run_vmkeep("history", "--config", config)
+    assert text.code == 0 and "DC0_H0_VM1" in text.out and vm["point_id"][:12] in text.out
+
+    outsider = run_vmkeep("jobs", "run", "yearly", "--vm", "DC0_C0_RP0_VM0", "--config", config, "--json")
+    assert outsider.code == 1
+    assert json.loads(outsider.out)["vms"][0]["error"] == "VM 'DC0_C0_RP0_VM0' is not in job 'yearly'"
+    assert_one_line_error(run_vmkeep("jobs", "run", "nope", "--config", config), "no job named 'nope'")
+
+
+def test_jobs_and_jobs_run_through_the_running_agent(config: Path, repo_path: Path) -> None:
+    agent = AgentProcess.start(config)
+    try:
+        listing = run_vmkeep("jobs", "--config", config, "--json")
+        assert listing.code == 0, listing.err
+        doc = json.loads(listing.out)
+        assert doc["agent_running"] is True
+        [job] = doc["jobs"]
+        assert job["job"] == "yearly" and job["last_run"] is None and "-01-01T03:00:00" in job["next_run"]
+
+        started = run_vmkeep("jobs", "run", "yearly", "--config", config, "--json")
+        assert started.code == 0, started.err
+        run_id = json.loads(started.out)["run_id"]
+        agent.wait_for(lambda: agent.events("run-finished", run=run_id), "the agent's run")
+        rows = history(config)
+        assert {r["vm"] for r in rows} == {"DC0_H0_VM0", "DC0_H0_VM1"}
+        assert {r["run_id"] for r in rows} == {run_id} and {r["trigger"] for r in rows} == {"manual"}
+        last = json.loads(run_vmkeep("jobs", "--config", config, "--json").out)["jobs"][0]["last_run"]
+        assert last["id"] == run_id and last["status"] == "succeeded"
+        text = run_vmkeep("jobs", "--config", config)
+        assert "yearly" in text.out and "succeeded" in text.out
+    finally:
+        assert agent.stop() == 0
+    with Repository.open(repo_path, None) as repo:
+        assert sorted(p.id for p in repo.points()) == sorted(r["point_id"] for r in rows)
