@@ -32,6 +32,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         choices=[str(f) for f in LogFormat],
         help="text (key=value, for journald) or json (for log shippers); default: the job file's, else text",
     )
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus) and /status (JSON) on HOST:PORT, e.g. 127.0.0.1:9180 "
+        "(default: the job file's agent.listen; off when neither is set)",
+    )
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser(
@@ -76,7 +82,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     cfg = loaded(args)
     fmt = LogFormat(args.log_format) if args.log_format else cfg.config.agent.log_format
     configure(fmt, logging.DEBUG if args.verbose > 1 else logging.INFO)
-    return Agent(cfg, args.state_dir).run()
+    return Agent(cfg, args.state_dir, args.listen).run()
 
 
 def _history(cfg: LoadedConfig) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -47,8 +48,9 @@ def now() -> datetime:
 
 
 class Agent:
-    def __init__(self, cfg: LoadedConfig, state_dir_override: Path | None = None) -> None:
+    def __init__(self, cfg: LoadedConfig, state_dir_override: Path | None = None, listen: str | None = None) -> None:
         self.cfg = cfg
+        self.listen = listen or cfg.config.agent.listen
         self._state_dir_override = state_dir_override
         self.state_dir = cfg.state_dir
         self.history = History(self.state_dir)
@@ -68,6 +70,8 @@ class Agent:
         self.on_result: list[Callable[[VmResult], None]] = []
         self.on_run: list[Callable[[RunOutcome], None]] = []
         self.control: ControlServer | None = None
+        self.monitoring: Any = None  # metrics.MonitoringServer when listening
+        self.metrics: Any = None  # metrics.AgentMetrics when listening
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -83,6 +87,8 @@ class Agent:
                 event(logging.WARNING, "runs-closed", f"{closed} run(s) of a previous agent ended unfinished")
             self.control = ControlServer(self.state_dir / SOCKET_NAME, self.handle_request)
             self.control.start()
+            if self.listen:
+                self._start_monitoring(self.listen)
             self._schedule_all(at_start=True)
             event(
                 logging.INFO,
@@ -104,6 +110,30 @@ class Agent:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _start_monitoring(self, address: str) -> None:
+        from ..metrics import AgentMetrics, MonitoringServer
+
+        metrics = self.metrics = AgentMetrics()
+        metrics.seed(self.history.last_vm_results())
+        self.on_result.append(lambda result: metrics.vm_done(result, time.time()))
+        self.on_run.append(lambda outcome: metrics.run_done(outcome.job, outcome.status))
+        self.on_run.append(lambda outcome: self._measure(outcome.job))
+        for name in self.cfg.config.repositories:
+            self._measure_repository(name)
+        self.monitoring = MonitoringServer(address, metrics, self.status)
+        self.monitoring.start()
+        event(logging.INFO, "listening", "serving /metrics and /status", address=self.monitoring.address)
+
+    def _measure(self, job: str) -> None:
+        config = self.cfg.config
+        if job in config.jobs:
+            self._measure_repository(config.jobs[job].repository)
+
+    def _measure_repository(self, name: str) -> None:
+        repo = self.cfg.config.repositories.get(name)
+        if self.metrics is not None and repo is not None and repo.location.is_dir():
+            self.metrics.measure_repository(name, repo.location)
+
     def _sleep_time(self, moment: datetime) -> float:
         times = list(self._next.values()) + ([self._gc_next] if self._gc_next else [])
         if not times:
@@ -116,6 +146,10 @@ class Agent:
                 schedule = Schedule(self.cfg.config.jobs[name].schedule)
                 self._next[name] = schedule.next_after(moment)
                 self.start_run(name, Trigger.SCHEDULE, due)
+        if self.metrics is not None:
+            self.metrics.declare_jobs(list(self._next))
+            for name, due in self._next.items():
+                self.metrics.next_run.labels(name).set(due.timestamp())
         if self._gc_next is not None and self._gc_next <= moment:
             gc = self.cfg.config.agent.gc_schedule
             self._gc_next = Schedule(gc).next_after(moment) if gc else None
@@ -172,7 +206,7 @@ class Agent:
             return run_id
 
     def _run(self, cfg: LoadedConfig, name: str, run_id: int, trigger: Trigger, only_vms: list[str] | None) -> None:
-        resources = AgentResources(cfg, self.pool, self.limits)
+        resources = AgentResources(cfg, self.pool, self.limits, self._vm_running)
 
         def on_result(result: VmResult) -> None:
             for callback in self.on_result:
@@ -197,6 +231,14 @@ class Agent:
             return
         for callback in self.on_run:
             callback(outcome)
+
+    def _vm_running(self, job: str, vm: str, running: bool) -> None:
+        with self._guard:
+            vms = self._running_vms.setdefault(job, set())
+            if running:
+                vms.add(vm)
+            else:
+                vms.discard(vm)
 
     def _start_gc(self) -> None:
         if self._gc_thread is not None and self._gc_thread.is_alive():
@@ -240,6 +282,7 @@ class Agent:
     def status(self) -> dict[str, Any]:
         with self._guard:
             running = sorted(n for n, t in self._running.items() if t.is_alive())
+            running_vms = {job: sorted(vms) for job, vms in self._running_vms.items() if vms}
         return {
             "config": str(self.cfg.path),
             "jobs": {
@@ -250,6 +293,7 @@ class Agent:
                 for name in self.cfg.config.jobs
             },
             "running": running,
+            "running_vms": running_vms,
             "gc_next": self._gc_next.isoformat() if self._gc_next else None,
         }
 
@@ -298,6 +342,8 @@ class Agent:
             thread.join()
         if self.control is not None:
             self.control.stop()
+        if self.monitoring is not None:
+            self.monitoring.stop()
         self.pool.close()
         self.history.close()
         event(logging.INFO, "agent-stopped")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 from vmkeep.hypervisors.base import BackupSession
@@ -43,10 +43,17 @@ class RepositoryPool:
 class AgentResources(Resources):
     """Resources for tasks from the loaded job file."""
 
-    def __init__(self, cfg: LoadedConfig, pool: RepositoryPool, limits: SnapshotLimits) -> None:
+    def __init__(
+        self,
+        cfg: LoadedConfig,
+        pool: RepositoryPool,
+        limits: SnapshotLimits,
+        on_session: Callable[[str, str, bool], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.pool = pool
         self.limits = limits
+        self._on_session = on_session  # (job, vm, open) as a VM's session opens and closes
 
     def shared(self, repository: str) -> SharedRepository:
         return self.pool.get(repository, self.cfg.config.repositories[repository])
@@ -60,11 +67,17 @@ class AgentResources(Resources):
         from vmkeep.hypervisors.vsphere.session import VSphereSession
 
         source = self.cfg.config.sources[task.source]
-        with (
-            VSphereConnection(source_settings(task.source, source)) as conn,
-            VSphereSession(conn, task.vm, quiesce=task.options.quiesce) as session,
-        ):
-            yield session
+        if self._on_session is not None:
+            self._on_session(task.job, task.vm, True)
+        try:
+            with (
+                VSphereConnection(source_settings(task.source, source)) as conn,
+                VSphereSession(conn, task.vm, quiesce=task.options.quiesce) as session,
+            ):
+                yield session
+        finally:
+            if self._on_session is not None:
+                self._on_session(task.job, task.vm, False)
 
     def slot(self, task: BackupTask, token: CancelToken) -> AbstractContextManager[object]:
         return self.limits.slot(task, token)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.agent import AgentProcess, WebhookReceiver, history
+from tests.fixtures.agent import AgentProcess, WebhookReceiver, history, listen_address, scrape
 from tests.fixtures.jobfile import write_job_file
 from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 from tests.fixtures.vcsim import Vcsim
@@ -106,9 +106,11 @@ def test_a_failing_vm_is_retried_and_reported_while_the_others_succeed(
         vcsim.api.http_status(403, path_contains="DC0_H0_VM1/", count=-1)  # its disk cannot be read
         extra = f'retries = {{ count = 1, delay = 0 }}\nwebhook = "{hook.url}"'
         config = write_job_file(tmp_path, vcsim, repo_path, _one_job("*/3 * * * * *", extra))
-        agent = AgentProcess.start(config)
+        agent = AgentProcess.start(config, "--listen", "127.0.0.1:0")
         agents.append(agent)
+        address = listen_address(agent)
         agent.wait_for(lambda: hook.received, "a failure notice")
+        metrics = scrape(address)
         assert agent.stop() == 0
     finally:
         hook.close()
@@ -123,6 +125,12 @@ def test_a_failing_vm_is_retried_and_reported_while_the_others_succeed(
     assert [f["vm"] for f in notice["failed"]] == ["DC0_H0_VM1"] and notice["failed"][0]["attempts"] == 2
     assert sorted(s["vm"] for s in notice["succeeded"]) == ["DC0_C0_RP0_VM0", "DC0_H0_VM0"]
     assert [e["vm"] for e in agent.events("vm-retry")][:1] == ["DC0_H0_VM1"]
+    job = ("job", "nightly")
+    assert metrics[("vmkeep_vm_last_backup_ok", (job, ("vm", "DC0_H0_VM1")))] == 0
+    assert metrics[("vmkeep_vm_last_backup_ok", (job, ("vm", "DC0_H0_VM0")))] == 1
+    assert metrics[("vmkeep_vm_backups_total", (job, ("status", "failed"), ("vm", "DC0_H0_VM1")))] >= 1
+    assert ("vmkeep_vm_last_success_timestamp_seconds", (job, ("vm", "DC0_H0_VM1"))) not in metrics
+    assert metrics[("vmkeep_job_failures_total", (job,))] >= 1
     assert {len(s.snapshots) for s in vcsim.api.states()} == {0}
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.agent import AgentProcess, history
+from tests.fixtures.agent import AgentProcess, history, listen_address, scrape, status
 from tests.fixtures.jobfile import write_job_file
 from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 from tests.fixtures.vcsim import Vcsim
@@ -53,7 +54,8 @@ def test_jobs_run_in_the_foreground_without_an_agent(config: Path, repo_path: Pa
 
 
 def test_jobs_and_jobs_run_through_the_running_agent(config: Path, repo_path: Path) -> None:
-    agent = AgentProcess.start(config)
+    agent = AgentProcess.start(config, "--listen", "127.0.0.1:0")
+    address = listen_address(agent)
     try:
         listing = run_vmkeep("jobs", "--config", config, "--json")
         assert listing.code == 0, listing.err
@@ -73,6 +75,23 @@ def test_jobs_and_jobs_run_through_the_running_agent(config: Path, repo_path: Pa
         assert last["id"] == run_id and last["status"] == "succeeded"
         text = run_vmkeep("jobs", "--config", config)
         assert "yearly" in text.out and "succeeded" in text.out
+
+        metrics = scrape(address)  # /metrics says what the history and the repository say
+        for row in rows:
+            labels = (("job", "yearly"), ("vm", row["vm"]))
+            assert metrics[("vmkeep_vm_last_backup_read_bytes", labels)] == row["read_bytes"] > 0
+            assert metrics[("vmkeep_vm_last_backup_stored_bytes", labels)] == row["stored_bytes"]
+            assert metrics[("vmkeep_vm_last_backup_ok", labels)] == 1
+            assert metrics[("vmkeep_vm_last_success_timestamp_seconds", labels)] == pytest.approx(
+                datetime.fromisoformat(row["ended"]).timestamp(), abs=1
+            )
+            assert metrics[("vmkeep_vm_backups_total", tuple(sorted((*labels, ("status", "succeeded")))))] == 1
+        assert metrics[("vmkeep_job_runs_total", (("job", "yearly"),))] == 1
+        assert metrics[("vmkeep_job_failures_total", (("job", "yearly"),))] == 0
+        on_disk = sum(f.stat().st_size for f in repo_path.rglob("*") if f.is_file())
+        assert metrics[("vmkeep_repository_size_bytes", (("repository", "main"),))] == on_disk
+        doc = status(address)
+        assert doc["jobs"]["yearly"]["running"] is False and "-01-01T03:00:00" in doc["jobs"]["yearly"]["next_run"]
     finally:
         assert agent.stop() == 0
     with Repository.open(repo_path, None) as repo:
