@@ -39,6 +39,7 @@ from .control import SOCKET_NAME, ControlServer
 from .logs import event
 from .resources import AgentResources, RepositoryPool
 from .run import RunOutcome, run_job
+from .systemd import notify
 
 TICK = 1.0  # the loop wakes at least this often (signals, reloads)
 
@@ -97,6 +98,7 @@ class Agent:
                 jobs=len(self.cfg.config.jobs),
                 state=str(self.state_dir),
             )
+            notify(f"READY=1\nSTATUS=running {len(self.cfg.config.jobs)} job(s)")
             while not self._stopping:
                 if self._reload.is_set():
                     self._reload.clear()
@@ -307,6 +309,7 @@ class Agent:
 
     def stop(self, reason: str) -> None:
         self._stopping = True
+        notify("STOPPING=1")
         event(logging.INFO, "agent-stopping", reason)
         self.token.cancel(f"the agent is stopping ({reason})")
         self._wake.set()
@@ -317,10 +320,12 @@ class Agent:
 
     def reload(self) -> bool:
         """Re-read the job file; keep the current one if the new one is invalid."""
+        notify("RELOADING=1")
         try:
             cfg = load_config(self.cfg.path, self._state_dir_override)
         except AgentError as exc:
             event(logging.ERROR, "reload-refused", f"{exc}; keeping the previous jobs", config=str(self.cfg.path))
+            notify("READY=1")
             return False
         old_jobs = self.cfg.config.jobs
         self.cfg = cfg
@@ -329,6 +334,7 @@ class Agent:
                 del self._next[name]
         self._schedule_all()
         event(logging.INFO, "reloaded", config=str(cfg.path), jobs=len(cfg.config.jobs))
+        notify("READY=1")
         return True
 
     def _shutdown(self) -> None:
