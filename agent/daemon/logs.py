@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..config.model import LogFormat
+from ..engine.jobs import current_task
 
 log = logging.getLogger("vmkeep.agent")
 
@@ -32,12 +33,21 @@ def _quote(value: Any) -> str:
     return text
 
 
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's event fields; a plain record logged during a task gets its job and VM."""
+    fields: dict[str, Any] | None = getattr(record, "vmkeep_fields", None)
+    if fields is not None:
+        return fields
+    task = current_task.get()
+    return {"job": task.job, "vm": task.vm} if task is not None else {}
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = getattr(record, "vmkeep_fields", {})
+        fields = _fields(record)
         ordered = [k for k in _ORDER if k in fields] + [k for k in fields if k not in _ORDER]
         parts = [record.levelname] + [f"{k}={_quote(fields[k])}" for k in ordered]
-        if not fields:
+        if "event" not in fields:
             parts.append(f"logger={record.name}")
         message = record.getMessage()
         if message:
@@ -52,7 +62,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        doc.update(getattr(record, "vmkeep_fields", {}))
+        doc.update(_fields(record))
         doc["message"] = record.getMessage()
         return json.dumps(doc, default=str)
 

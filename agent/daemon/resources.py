@@ -59,7 +59,7 @@ class AgentResources(Resources):
         return self.pool.get(repository, self.cfg.config.repositories[repository])
 
     def repository(self, task: BackupTask) -> AbstractContextManager[Repository]:
-        return self.shared(task.repository).shared()
+        return self.shared(task.repository).shared(join=True)  # under the lock its job run holds
 
     @contextmanager
     def session(self, task: BackupTask) -> Iterator[BackupSession]:

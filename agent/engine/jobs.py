@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar, copy_context
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -39,6 +40,9 @@ from .exceptions import EngineError, Interrupted
 from .progress import Progress
 
 log = logging.getLogger("vmkeep.agent.jobs")
+
+# The task the current thread works on, so that log lines from deeper down can name job and VM.
+current_task: ContextVar[BackupTask | None] = ContextVar("vmkeep_current_task", default=None)
 
 
 class VmStatus(StrEnum):
@@ -240,12 +244,13 @@ def run_tasks(
     todo = list(tasks)
 
     def one(task: BackupTask) -> VmResult:
+        current_task.set(task)  # each call runs in a fresh context (pool thread or copy below)
         result = run_task(task, resources, token.child(f"{task.job}/{task.vm}"), retry)
         if on_result is not None:
             on_result(result)
         return result
 
     if concurrency <= 1 or len(todo) <= 1:
-        return [one(t) for t in todo]
+        return [copy_context().run(one, t) for t in todo]
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vmkeep-task") as pool:
         return list(pool.map(one, todo))

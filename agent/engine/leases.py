@@ -39,10 +39,15 @@ class SharedRepository:
         self._exclusive = False
 
     @contextmanager
-    def shared(self, token: CancelToken | None = None) -> Iterator[Repository]:
-        """The handle under a shared lock (RepositoryLocked if another process holds it exclusively)."""
+    def shared(self, token: CancelToken | None = None, *, join: bool = False) -> Iterator[Repository]:
+        """The handle under a shared lock (RepositoryLocked if another process holds it exclusively).
+
+        While this process's gc waits or runs, new users wait; with ``join`` (the tasks of a job
+        that holds the handle already) a user joins the lock held now instead, or gc, waiting
+        for the job, would wait for its tasks while they wait for gc.
+        """
         with self._cond:
-            while self._exclusive or self._exclusive_waiting:
+            while (self._exclusive or self._exclusive_waiting) and not (join and self._users):
                 if token is not None:
                     token.check()
                 self._cond.wait(0.5)

@@ -80,6 +80,13 @@ def test_jobs_run_at_their_times_and_history_matches_the_repository(
         assert 0 <= (started - slot).total_seconds() < 3, r
     snapshots = {s.name: len(s.snapshots) for s in vcsim.api.states()}
     assert set(snapshots.values()) == {0}
+    # lines logged deep in a backup carry the job and VM of the task that logged them
+    cbt = [e for e in agent.events() if "change tracking was off" in e["message"]]
+    assert {(e["job"], e["vm"]) for e in cbt} == {
+        ("hosts", "DC0_H0_VM0"),
+        ("hosts", "DC0_H0_VM1"),
+        ("cluster", "DC0_C0_RP0_VM0"),
+    }
 
 
 ONE_JOB = """
@@ -260,3 +267,25 @@ def test_an_invalid_file_stops_the_agent_from_starting(tmp_path: Path) -> None:
     result = run_vmkeep("agent", "--config", config)
     assert result.code == 2
     assert_one_line_error(result, "jobs.x.schedule (line 5): a cron schedule has 5 fields")
+
+
+def test_gc_runs_on_its_schedule_and_waits_for_backups(
+    tmp_path: Path, vcsim: Vcsim, repo_path: Path, agents: list[AgentProcess]
+) -> None:
+    vcsim.api.delay(0.02, path_contains="-flat.vmdk", count=100_000)  # backups last a while
+    extra = "[jobs.nightly.retention]\nlast = 1\n"  # forgotten points leave garbage for gc
+    config = write_job_file(tmp_path, vcsim, repo_path, _one_job(extra=extra), agent='gc_schedule = "*/3 * * * * *"\n')
+    agent = AgentProcess.start(config)
+    agents.append(agent)
+    agent.wait_for(lambda: len(agent.events("gc-done")) >= 3, "three collections")
+    agent.wait_for(lambda: len(agent.events("run-finished")) >= 4, "four runs")
+    assert agent.stop() == 0
+    assert agent.events("gc-waiting")
+    assert not agent.events("gc-failed")
+    finished = [e for e in agent.events("run-finished")]
+    assert {e["status"] for e in finished} <= {"succeeded", "interrupted"}  # the last may be cut by SIGTERM
+    assert [e["status"] for e in finished[:-1]] == ["succeeded"] * (len(finished) - 1)
+    assert sum(e["freed"] for e in agent.events("gc-done")) >= 0
+    assert run_vmkeep("verify", "--read-data", "--repo", repo_path).code == 0
+    made = {r["vm"]: r["point_id"] for r in history(config) if r["status"] == "succeeded"}
+    assert set(_points(repo_path)) == set(made.values())  # the newest point of each VM, gc kept them

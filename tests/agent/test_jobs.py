@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -12,7 +14,9 @@ from tests.fixtures.vsphere import connect
 from vmkeep.agent.engine.cancel import CancelToken
 from vmkeep.agent.engine.jobs import BackupTask, Resources, RetryPolicy, TaskOptions, VmStatus, run_tasks
 from vmkeep.agent.engine.leases import SharedRepository
+from vmkeep.agent.engine.limits import SnapshotLimits
 from vmkeep.hypervisors.base import BackupSession
+from vmkeep.hypervisors.vsphere.inventory import list_vms
 from vmkeep.hypervisors.vsphere.session import VSphereSession
 from vmkeep.repository.repo import Repository
 
@@ -113,3 +117,47 @@ def test_a_task_description_is_plain_json(tmp_path: Path) -> None:
     )
     doc = json.loads(json.dumps(task.to_json()))
     assert BackupTask.from_json(doc) == task
+
+
+class CountingResources(SimResources):
+    """Counts the sessions (snapshots) open at once per host and per datastore."""
+
+    def __init__(self, vc: Vcsim, repo: Repository, limits: SnapshotLimits) -> None:
+        super().__init__(vc, repo)
+        self.limits = limits
+        self.guard = threading.Lock()
+        self.open: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+
+    def slot(self, task: BackupTask, token: CancelToken) -> AbstractContextManager[object]:
+        return self.limits.slot(task, token)
+
+    @contextmanager
+    def session(self, task: BackupTask) -> Iterator[BackupSession]:
+        keys = [f"host:{task.host}"] + [f"datastore:{d}" for d in task.datastores]
+        with super().session(task) as session:
+            with self.guard:
+                for key in keys:
+                    self.open[key] += 1
+                    self.peak[key] = max(self.peak[key], self.open[key])
+            try:
+                yield session
+            finally:
+                with self.guard:
+                    for key in keys:
+                        self.open[key] -= 1
+
+
+def test_snapshots_are_limited_per_host_and_per_datastore(vcsim: Vcsim, repo: Repository) -> None:
+    vcsim.api.delay(0.01, path_contains="-flat.vmdk", count=100_000)
+    with connect(vcsim) as conn:
+        inventory = list_vms(conn)
+    tasks = [BackupTask("all", v.name, "vc", "main", TaskOptions(workers=2), v.host, v.datastores) for v in inventory]
+    assert len({t.host for t in tasks}) < len(tasks) and len({t.datastores for t in tasks}) == 1
+    resources = CountingResources(vcsim, repo, SnapshotLimits(per_host=1, per_datastore=2))
+    results = run_tasks(tasks, resources, CancelToken(), concurrency=len(tasks))
+    assert {r.status for r in results} == {VmStatus.SUCCEEDED}
+    hosts = {k: v for k, v in resources.peak.items() if k.startswith("host:")}
+    datastores = {k: v for k, v in resources.peak.items() if k.startswith("datastore:")}
+    assert set(hosts.values()) == {1} and max(datastores.values()) <= 2
+    assert set(resources.open.values()) == {0}

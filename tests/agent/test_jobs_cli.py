@@ -96,3 +96,19 @@ def test_jobs_and_jobs_run_through_the_running_agent(config: Path, repo_path: Pa
         assert agent.stop() == 0
     with Repository.open(repo_path, None) as repo:
         assert sorted(p.id for p in repo.points()) == sorted(r["point_id"] for r in rows)
+
+
+def test_a_vm_two_patterns_select_fails_in_both_jobs(tmp_path: Path, vcsim: Vcsim, repo_path: Path) -> None:
+    jobs = JOBS + '\n[jobs.ones]\nsource = "sim"\nrepository = "main"\nvms = ["*_VM1"]\nschedule = "0 4 * * *"\n'
+    config = write_job_file(tmp_path, vcsim, repo_path, jobs)
+    assert run_vmkeep("config", "check", "--offline", "--config", config).code == 0  # patterns: known only at run time
+    result = run_vmkeep("jobs", "run", "yearly", "--config", config, "--json")
+    assert result.code == 1
+    by_vm = {v["vm"]: v for v in json.loads(result.out)["vms"]}
+    assert by_vm["DC0_H0_VM0"]["status"] == "succeeded"
+    assert by_vm["DC0_H0_VM1"]["status"] == "failed"
+    assert by_vm["DC0_H0_VM1"]["error"] == "VM 'DC0_H0_VM1' is also selected by job(s) ones; a VM belongs to one job"
+    other = json.loads(run_vmkeep("jobs", "run", "ones", "--config", config, "--json").out)
+    assert {v["vm"]: v["status"] for v in other["vms"]} == {"DC0_C0_RP0_VM1": "succeeded", "DC0_H0_VM1": "failed"}
+    with Repository.open(repo_path, None) as repo:
+        assert sorted(p.vm for p in repo.points()) == ["DC0_C0_RP0_VM1", "DC0_H0_VM0"]
