@@ -289,3 +289,21 @@ def test_gc_runs_on_its_schedule_and_waits_for_backups(
     assert run_vmkeep("verify", "--read-data", "--repo", repo_path).code == 0
     made = {r["vm"]: r["point_id"] for r in history(config) if r["status"] == "succeeded"}
     assert set(_points(repo_path)) == set(made.values())  # the newest point of each VM, gc kept them
+
+
+def test_an_encrypted_repository_is_unlocked_from_its_passphrase_source(
+    tmp_path: Path, vcsim: Vcsim, agents: list[AgentProcess]
+) -> None:
+    repo = tmp_path / "sealed"
+    assert run_vmkeep("init", repo, "--encrypt", env={"VMKEEP_PASSPHRASE": "correct horse"}).code == 0
+    secret = tmp_path / "passphrase"
+    secret.write_text("correct horse\n")
+    config = write_job_file(tmp_path, vcsim, repo, _one_job().replace('"DC0_H0_VM1", "DC0_C0_RP0_VM0"', '"DC0_H0_VM1"'))
+    config.write_text(config.read_text().replace(f'path = "{repo}"', f'path = "{repo}"\npassphrase_file = "{secret}"'))
+    agent = AgentProcess.start(config)
+    agents.append(agent)
+    agent.wait_for(lambda: len([e for e in agent.events("run-finished") if e["status"] == "succeeded"]) >= 2, "runs")
+    assert agent.stop() == 0
+    with Repository.open(repo, b"correct horse") as r:
+        assert {p.id for p in r.points()} == {row["point_id"] for row in history(config) if row["point_id"]}
+    assert "correct horse" not in agent.log()
