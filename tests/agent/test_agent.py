@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from tests.fixtures.agent import AgentProcess, WebhookReceiver, history, listen_
 from tests.fixtures.jobfile import write_job_file
 from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 from tests.fixtures.vcsim import Vcsim
+from tests.fixtures.vsphere import restored_disks
 from vmkeep.repository.repo import Repository
 
 TWO_JOBS = """
@@ -307,3 +309,41 @@ def test_an_encrypted_repository_is_unlocked_from_its_passphrase_source(
     with Repository.open(repo, b"correct horse") as r:
         assert {p.id for p in r.points()} == {row["point_id"] for row in history(config) if row["point_id"]}
     assert "correct horse" not in agent.log()
+
+
+def test_the_agents_long_lived_handle_never_reuses_blocks_gc_removed(
+    tmp_path: Path, vcsim: Vcsim, repo_path: Path, agents: list[AgentProcess]
+) -> None:
+    """gc by another process between two runs: the next run re-reads the index and stores the block again."""
+    vm = "DC0_H0_VM0"
+    old, new = random.Random(1).randbytes(1 << 20), random.Random(2).randbytes(1 << 20)
+    vcsim.api.write(vm, 0, old)
+    config = write_job_file(tmp_path, vcsim, repo_path, _one_job().replace('"DC0_H0_VM1", "DC0_C0_RP0_VM0"', ""))
+    agent = AgentProcess.start(config)
+    agents.append(agent)
+
+    def succeeded_after(moment: datetime) -> list[dict[str, object]]:
+        rows = history(config, "--vm", vm)
+        return [r for r in rows if r["status"] == "succeeded" and datetime.fromisoformat(str(r["started"])) > moment]
+
+    start = datetime.now(UTC)
+    agent.wait_for(lambda: succeeded_after(start), "a point holding the old data")
+    changed = datetime.now(UTC)
+    vcsim.api.write(vm, 0, new)  # the old blocks are now used only by the first point(s)
+    agent.wait_for(lambda: succeeded_after(changed), "a point without them")
+    assert run_vmkeep("forget", "--keep-last", "1", "--vm", vm, "--repo", repo_path).code == 0
+
+    def collect() -> bool:  # between two of the agent's runs (it holds a lock while one runs)
+        return run_vmkeep("gc", "--repo", repo_path).code == 0
+
+    agent.wait_for(collect, "gc to find the repository free")
+    back = datetime.now(UTC)
+    vcsim.api.write(vm, 0, old)  # the old data again: its blocks were removed by gc
+    row = agent.wait_for(lambda: succeeded_after(back), "a point holding the old data again")[0]
+    assert agent.stop() == 0
+
+    assert run_vmkeep("verify", "--read-data", "--repo", repo_path).code == 0
+    with Repository.open(repo_path, None) as repo:
+        point = repo.find_point(str(row["point_id"]))
+        [disk] = restored_disks(repo, point, tmp_path).values()
+    assert disk[: 1 << 20] == old
