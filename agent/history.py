@@ -217,7 +217,8 @@ class History:
         one row with no VM and the run's error.
         """
         query = (
-            "SELECT r.id AS run_id, r.job AS job, r.trigger AS trigger, r.scheduled AS scheduled, v.vm AS vm, "
+            "SELECT r.id AS run_id, r.job AS job, r.trigger AS trigger, r.scheduled AS scheduled, "
+            "r.started AS run_started, v.vm AS vm, "
             "COALESCE(v.status, r.status) AS status, COALESCE(v.started, r.started) AS started, "
             "COALESCE(v.ended, r.ended) AS ended, COALESCE(v.duration, 0) AS duration, "
             "COALESCE(v.attempts, 0) AS attempts, v.point_id AS point_id, v.kind AS kind, v.reason AS reason, "

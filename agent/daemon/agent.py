@@ -277,7 +277,8 @@ class Agent:
             vms = [str(v) for v in request.get("vms") or []] or None
             run_id = self.start_run(name, Trigger.MANUAL, None, vms)
             if run_id is None:
-                return {"ok": False, "error": f"job {name!r} is running already"}
+                why = "the agent is stopping" if self._stopping else f"job {name!r} is running already"
+                return {"ok": False, "error": why}
             return {"ok": True, "run_id": run_id}
         return {"ok": False, "error": f"unknown request {op!r}"}
 

@@ -77,9 +77,9 @@ def test_jobs_run_at_their_times_and_history_matches_the_repository(
         assert event["trigger"] == "schedule"
     for r in rows:  # on its job's slots (seconds 0, 4, 8... and 2, 6, 10...), started within a second or two
         slot = datetime.fromisoformat(str(r["scheduled"]))
-        started = datetime.fromisoformat(str(r["started"]))
+        started = datetime.fromisoformat(str(r["run_started"]))
         assert slot.second % 4 == (0 if r["job"] == "hosts" else 2) and slot.microsecond == 0
-        assert 0 <= (started - slot).total_seconds() < 3, r
+        assert 0 <= (started - slot).total_seconds() < 2, r
     snapshots = {s.name: len(s.snapshots) for s in vcsim.api.states()}
     assert set(snapshots.values()) == {0}
     # lines logged deep in a backup carry the job and VM of the task that logged them
@@ -181,7 +181,7 @@ def test_a_restart_runs_a_missed_job_once(
     run = next(r for r in history(config) if r["run_id"] == missed[0]["run"])
     slot = datetime.fromisoformat(str(run["scheduled"]))
     boot = datetime.fromisoformat(second.events("agent-started")[0]["time"])
-    assert slot.second % 2 == 0 and 0 <= (boot - slot).total_seconds() < 2  # the newest slot before the start
+    assert slot.second % 2 == 0 and 0 <= (boot - slot).total_seconds() < 3  # the newest slot before the start
     assert run["status"] == "succeeded"
 
 
