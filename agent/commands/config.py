@@ -28,8 +28,8 @@ def config_options(p: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         metavar="DIR",
-        help="where the history database lives (default: state_dir of the job file, $STATE_DIRECTORY, "
-        "else ~/.local/state/vmkeep)",
+        help="where the history database and the control socket live (default: state_dir of the job file, "
+        "$STATE_DIRECTORY, the job file's folder if writable and not under /etc, else ~/.local/state/vmkeep)",
     )
 
 

@@ -89,12 +89,17 @@ def parse_config(text: str, path: Path, state_dir: Path | None = None) -> Loaded
             located.append(problem.replace(":", f" (line {line}):", 1) if line else problem)
         raise InvalidConfig(path, located)
     chosen = state_dir or (Path(os.path.expanduser(config.state_dir)) if config.state_dir else None)
-    return LoadedConfig(path, config, chosen or default_state_dir())
+    return LoadedConfig(path, config, chosen or default_state_dir(path))
 
 
-def default_state_dir() -> Path:
+def default_state_dir(config_path: Path) -> Path:
+    """systemd's $STATE_DIRECTORY; else next to the job file if we may write there (not in /etc);
+    else $XDG_STATE_HOME/vmkeep (~/.local/state/vmkeep)."""
     if os.environ.get(STATE_ENV):
         return Path(os.environ[STATE_ENV].split(":")[0])
+    folder = config_path.absolute().parent
+    if not folder.is_relative_to("/etc") and os.access(folder, os.W_OK):
+        return folder
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "vmkeep"
 

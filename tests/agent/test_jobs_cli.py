@@ -112,3 +112,19 @@ def test_a_vm_two_patterns_select_fails_in_both_jobs(tmp_path: Path, vcsim: Vcsi
     assert {v["vm"]: v["status"] for v in other["vms"]} == {"DC0_C0_RP0_VM1": "succeeded", "DC0_H0_VM1": "failed"}
     with Repository.open(repo_path, None) as repo:
         assert sorted(p.vm for p in repo.points()) == ["DC0_C0_RP0_VM1", "DC0_H0_VM0"]
+
+
+def test_the_history_lives_next_to_the_job_file_unless_told_otherwise(
+    tmp_path: Path, vcsim: Vcsim, repo_path: Path
+) -> None:
+    config = write_job_file(tmp_path, vcsim, repo_path, JOBS)
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if not line.startswith("state_dir")))
+    assert run_vmkeep("jobs", "run", "yearly", "--vm", "DC0_H0_VM0", "--config", config).code == 0
+    assert (tmp_path / "history.sqlite").is_file()
+    elsewhere = tmp_path / "systemd-state"
+    env = {"STATE_DIRECTORY": str(elsewhere)}
+    assert run_vmkeep("jobs", "run", "yearly", "--vm", "DC0_H0_VM0", "--config", config, env=env).code == 0
+    assert (elsewhere / "history.sqlite").is_file()
+    rows = json.loads(run_vmkeep("history", "--config", config, "--json", env=env).out)
+    assert [r["kind"] for r in rows] == ["incremental"]  # each database has its own run
+    assert len(history(config)) == 1
