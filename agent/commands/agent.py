@@ -102,6 +102,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for name, job in cfg.config.jobs.items():
         last = history.last_run(name) if history else None
+        last_vms = {}
+        if last is not None:
+            last_vms = {r["vm"]: r["status"] for r in history.vm_runs(job=name) if r["run_id"] == last.id and r["vm"]}
         agent_job = (status or {}).get("jobs", {}).get(name, {})
         next_run = agent_job.get("next_run") or Schedule(job.schedule).next_after(now()).isoformat()
         rows.append(
@@ -113,6 +116,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 "folders": job.folders,
                 "schedule": job.schedule,
                 "last_run": last.to_json() if last else None,
+                "last_vms": last_vms,  # VM -> result in the last run
                 "next_run": next_run,
                 "running": bool(agent_job.get("running")),
             }
@@ -121,7 +125,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print_json({"agent_running": status is not None, "jobs": rows})
         return EXIT_OK
     print_table(
-        ["JOB", "VMS", "SCHEDULE", "LAST RUN", "RESULT", "NEXT RUN"],
+        ["JOB", "SELECTS", "SCHEDULE", "LAST RUN", "RESULT", "VMS IN THE LAST RUN", "NEXT RUN"],
         [
             [
                 r["job"],
@@ -129,6 +133,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 r["schedule"],
                 r["last_run"]["started"][:19].replace("T", " ") if r["last_run"] else "never",
                 "running" if r["running"] else (r["last_run"]["status"] if r["last_run"] else "-"),
+                ", ".join(
+                    f"{vm} {'ok' if st == 'succeeded' else st.upper()}" for vm, st in sorted(r["last_vms"].items())
+                )
+                or "-",
                 r["next_run"][:19].replace("T", " "),
             ]
             for r in rows

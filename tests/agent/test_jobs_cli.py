@@ -73,8 +73,10 @@ def test_jobs_and_jobs_run_through_the_running_agent(config: Path, repo_path: Pa
         assert {r["run_id"] for r in rows} == {run_id} and {r["trigger"] for r in rows} == {"manual"}
         last = json.loads(run_vmkeep("jobs", "--config", config, "--json").out)["jobs"][0]["last_run"]
         assert last["id"] == run_id and last["status"] == "succeeded"
+        last_vms = json.loads(run_vmkeep("jobs", "--config", config, "--json").out)["jobs"][0]["last_vms"]
+        assert last_vms == {"DC0_H0_VM0": "succeeded", "DC0_H0_VM1": "succeeded"}
         text = run_vmkeep("jobs", "--config", config)
-        assert "yearly" in text.out and "succeeded" in text.out
+        assert "yearly" in text.out and "succeeded" in text.out and "DC0_H0_VM0 ok, DC0_H0_VM1 ok" in text.out
 
         metrics = scrape(address)  # /metrics says what the history and the repository say
         for row in rows:
