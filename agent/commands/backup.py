@@ -15,7 +15,7 @@ from vmkeep.repository.points import RecoveryPoint
 from vmkeep.repository.repo import Repository
 
 from ..engine import cancel
-from ..engine.jobs import BackupTask, Resources, TaskOptions, VmResult, VmStatus, run_tasks
+from ..engine.jobs import BackupTask, Resources, RetryPolicy, TaskOptions, VmResult, VmStatus, run_tasks
 from ..engine.progress import Progress
 from ..output import human_duration, human_size, print_json, rate
 from ..terminal import TerminalProgress
@@ -90,9 +90,9 @@ class CliResources(Resources):
         return TerminalProgress(quiet=self._quiet)
 
 
-def run_cli_tasks(tasks: list[BackupTask], resources: Resources) -> list[VmResult]:
+def run_cli_tasks(tasks: list[BackupTask], resources: Resources, retry: RetryPolicy | None = None) -> list[VmResult]:
     """Run the command's tasks one after the other; a lone VM's failure is raised as it was."""
-    results = run_tasks(tasks, resources, cancel.root().child("cli"))
+    results = run_tasks(tasks, resources, cancel.root().child("cli"), retry=retry)
     for result in results:
         if result.status == VmStatus.INTERRUPTED and result.exception is not None:
             raise result.exception

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import secrets
-from ..engine.jobs import BackupTask
+from ..engine.jobs import BackupTask, RetryPolicy
 from ..exceptions import ConfigError
 from ..output import human_size, print_json, print_table
 from .backup import CliResources, backup_options, options_from, report, run_cli_tasks
@@ -80,6 +80,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=int,
         metavar="N",
         help="make every Nth backup of a VM an active full (read everything), e.g. 30",
+    )
+    p.add_argument(
+        "--retries", type=int, default=0, metavar="N", help="try a VM that failed up to N more times (default: 0)"
+    )
+    p.add_argument(
+        "--retry-delay", type=float, default=60.0, metavar="SECONDS", help="wait between tries (default: 60)"
     )
     # Reads are HTTP round trips: more of them in flight than there are CPUs keeps the link busy.
     backup_options(p, workers=max(4, os.cpu_count() or 2))
@@ -156,15 +162,16 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
     if args.full_every is not None and args.full_every < 1:
         raise ConfigError("--full-every must be at least 1")
+    if args.retries < 0 or args.retry_delay < 0:
+        raise ConfigError("--retries and --retry-delay cannot be negative")
     vms = list(dict.fromkeys(args.vm))  # each VM once, in the order given
     with open_repository(args) as repo, VSphereConnection(settings_from(args)) as conn:
         resources = CliResources(
             repo, lambda task: VSphereSession(conn, task.vm, quiesce=task.options.quiesce), args.quiet
         )
         options = options_from(args)
-        results = run_cli_tasks(
-            [BackupTask("backup", vm, args.server, repo.location, options) for vm in vms], resources
-        )
+        tasks = [BackupTask("backup", vm, args.server, repo.location, options) for vm in vms]
+        results = run_cli_tasks(tasks, resources, RetryPolicy(args.retries, args.retry_delay))
     points = [r.point for r in results if r.point is not None]
     failures = [{"vm": r.vm, "error": r.error} for r in results if r.error is not None]
     if args.json:

@@ -123,7 +123,7 @@ def run_job(
         if failed:
             outcome.error = "; ".join(f"{r.vm}: {r.error}" for r in failed)
     history.finish_run(run_id, outcome.status, outcome.error)
-    if job.webhook and outcome.status != RunStatus.SUCCEEDED:
+    if job.webhook and outcome.status in (RunStatus.FAILED, RunStatus.PARTIAL):  # not for a stop on request
         send_notice(job.webhook, outcome)
     ok = outcome.status == RunStatus.SUCCEEDED
     event(

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 from tests.fixtures.vcsim import Vcsim
-from tests.fixtures.vsphere import connect
+from tests.fixtures.vsphere import cli_connection, connect, run_cli
 from vmkeep.agent.engine.cancel import CancelToken
 from vmkeep.agent.engine.jobs import BackupTask, Resources, RetryPolicy, TaskOptions, VmStatus, run_tasks
 from vmkeep.agent.engine.leases import SharedRepository
@@ -161,3 +162,16 @@ def test_snapshots_are_limited_per_host_and_per_datastore(vcsim: Vcsim, repo: Re
     datastores = {k: v for k, v in resources.peak.items() if k.startswith("datastore:")}
     assert set(hosts.values()) == {1} and max(datastores.values()) <= 2
     assert set(resources.open.values()) == {0}
+
+
+def test_the_backup_command_retries_through_the_runner(vcsim: Vcsim, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert run_vmkeep("init", repo).code == 0
+    vcsim.api.fail_task("CreateSnapshot_Task", fault="FileLocked", count=2)  # quiesced, then crash-consistent
+    args = ["backup", *cli_connection(vcsim), "--vm", VMS[0], "--repo", repo, "--json"]
+    result = run_cli(vcsim, *args, "--retries", "1", "--retry-delay", "0")
+    assert result.code == 0, result.err
+    [vm] = json.loads(result.out)["results"]
+    assert vm["status"] == "succeeded" and vm["attempts"] == 2 and vm["point_id"]
+    assert "attempt 1 of 2 failed" in result.err
+    assert_one_line_error(run_cli(vcsim, *args, "--retries", "-1"), "--retries and --retry-delay cannot be negative")
