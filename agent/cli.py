@@ -12,7 +12,7 @@ from types import FrameType
 from vmkeep.hypervisors.exceptions import SourceError
 from vmkeep.repository.exceptions import CorruptRepository, RepositoryError
 
-from .commands import backup, demo, key, repository, restore, vsphere
+from .commands import agent, backup, config, demo, key, repository, restore, vsphere
 from .commands.common import EXIT_DAMAGED, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from .engine import cancel
 from .engine.exceptions import EngineError, Interrupted
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     vsphere.add_parsers(sub)
     restore.add_parsers(sub)
     key.add_parsers(sub)
+    config.add_parsers(sub)
+    agent.add_parsers(sub)
     demo.add_parsers(sub)
     return parser
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -187,13 +188,90 @@ def run_vsphere_demo(workdir: Path | None, size: int, say: Callable[[str], None]
                     f"{file.path} is {'identical to' if same else 'DIFFERENT from'} the disk at the snapshot",
                     ok=same,
                 )
+        server = f"{endpoint.host}:{endpoint.port}"
+        run_scheduled_demo(base, server, endpoint.user, endpoint.password, thumbprint=tls.sha256, step=step)
     return result
+
+
+DEMO_JOBS = """
+[jobs.web]
+source = "sim"
+repository = "main"
+vms = ["DC0_H0_VM0"]
+schedule = "*/6 * * * * *"   # every 6 seconds (a sixth, leading field gives seconds)
+
+[jobs.db]
+source = "sim"
+repository = "main"
+vms = ["DC0_H0_VM1"]
+schedule = "3-59/6 * * * * *"   # 3 seconds later
+
+[jobs.db.retention]
+last = 3
+"""
+
+
+def run_scheduled_demo(
+    base: Path, server: str, user: str, password: str, *, thumbprint: str, step: Callable[..., None]
+) -> None:
+    """Write a job file of two jobs a few seconds apart, run the real agent until both ran, stop it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .history import History
+
+    secret = base / "sim.password"
+    secret.write_text(password + "\n")
+    secret.chmod(0o600)
+    config = base / "vmkeep.toml"
+    config.write_text(
+        f'state_dir = "{base / "state"}"\n\n[sources.sim]\nurl = "{server}"\nuser = "{user}"\n'
+        f'password_file = "{secret}"\nthumbprint = "{thumbprint}"\n\n'
+        f'[repositories.main]\npath = "{base / "repo"}"\n' + DEMO_JOBS
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_")}
+    with (base / "agent.log").open("wb") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "vmkeep.agent.cli", "agent", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=env,
+        )
+    rows: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and agent.poll() is None:
+            history = History.open_existing(base / "state")
+            if history is not None:
+                rows = history.vm_runs()
+                history.close()
+                if {r["job"] for r in rows if r["status"] == "succeeded"} == {"web", "db"}:
+                    break
+            time.sleep(0.3)
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+        code = agent.wait(60)
+    done = {r["job"]: r for r in rows if r["status"] == "succeeded"}
+    detail = "; ".join(
+        f"job {job} ran at {r['started'][11:19]} UTC: {r['vm']} point {r['point_id'][:12]} ({r['kind']})"
+        for job, r in sorted(done.items(), key=lambda item: item[1]["started"])
+    )
+    step(
+        "scheduled run",
+        f"'vmkeep agent --config {config}' ran two jobs 3 s apart, then stopped on SIGTERM (exit {code}): "
+        + (detail or f"no run finished; see {base / 'agent.log'}"),
+        ok=len(done) == 2 and code == 0,
+    )
 
 
 def _fresh_workdir(workdir: Path | None) -> Path:
     base = workdir or Path(tempfile.mkdtemp(prefix="vmkeep-demo-"))
     base.mkdir(parents=True, exist_ok=True)
-    for stale in ("demo-disk.img", "repo", "restore", "tls", "hints.json"):
+    for stale in ("demo-disk.img", "repo", "restore", "tls", "hints.json", "state", "vmkeep.toml", "agent.log"):
         path = base / stale
         if path.is_dir():
             shutil.rmtree(path)

@@ -55,6 +55,7 @@ class BackupSession(ABC):
     """A VM frozen for backup. Use as a context manager: ``close`` always runs."""
 
     vm_name: str
+    cleanup_error: str | None = None  # set by ``close`` when it could not undo something (a snapshot)
 
     @abstractmethod
     def disks(self) -> list[DiskInfo]: ...

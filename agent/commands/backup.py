@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,9 @@ from vmkeep.hypervisors.image.session import ImageSession
 from vmkeep.repository.points import RecoveryPoint
 from vmkeep.repository.repo import Repository
 
-from ..engine.backup import BackupOptions, backup_vm
+from ..engine import cancel
+from ..engine.jobs import BackupTask, Resources, RetryPolicy, TaskOptions, VmResult, VmStatus, run_tasks
+from ..engine.progress import Progress
 from ..output import human_duration, human_size, print_json, rate
 from ..terminal import TerminalProgress
 from .common import EXIT_OK, json_option, open_repository, repo_options
@@ -61,24 +65,58 @@ def backup_options(p: argparse.ArgumentParser, workers: int | None = None) -> No
     json_option(p)
 
 
-def options_from(args: argparse.Namespace) -> BackupOptions:
-    return BackupOptions(
-        full_reason="a full backup was requested (--full)" if args.full else None,
+def options_from(args: argparse.Namespace) -> TaskOptions:
+    return TaskOptions(
+        full=args.full,
         workers=max(1, args.workers),
         sanity_blocks=args.sanity_blocks,
         full_every=args.full_every,
+        quiesce=not getattr(args, "no_quiesce", False),
     )
 
 
-def run_backup(repo: Repository, session: BackupSession, args: argparse.Namespace) -> RecoveryPoint:
-    with repo.lock("backup"):
-        return backup_vm(session, repo, options_from(args), TerminalProgress(quiet=args.quiet))
+class CliResources(Resources):
+    """One repository opened by the command, and sessions opened by ``open_session``, one task at a time."""
+
+    def __init__(
+        self, repo: Repository, open_session: Callable[[BackupTask], BackupSession], quiet: bool = False
+    ) -> None:
+        self._repo = repo
+        self._open_session = open_session
+        self._quiet = quiet
+
+    @contextmanager
+    def repository(self, task: BackupTask) -> Iterator[Repository]:
+        with self._repo.lock("backup"):  # a lock per task; its writer is bound to it
+            yield self._repo
+
+    def session(self, task: BackupTask) -> BackupSession:
+        return self._open_session(task)
+
+    def progress(self, task: BackupTask) -> Progress:
+        return TerminalProgress(quiet=self._quiet)
+
+
+def run_cli_tasks(tasks: list[BackupTask], resources: Resources, retry: RetryPolicy | None = None) -> list[VmResult]:
+    """Run the command's tasks one after the other; a lone VM's failure is raised as it was."""
+    results = run_tasks(tasks, resources, cancel.root().child("cli"), retry=retry)
+    for result in results:
+        if result.status == VmStatus.INTERRUPTED and result.exception is not None:
+            raise result.exception
+    if len(results) == 1 and results[0].status == VmStatus.FAILED and results[0].exception is not None:
+        raise results[0].exception
+    return results
 
 
 def cmd_backup_image(args: argparse.Namespace) -> int:
-    with open_repository(args) as repo, ImageSession(args.image, args.name, args.hints) as session:
-        point = run_backup(repo, session, args)
-    report([point], args.json)
+    with open_repository(args) as repo:
+        resources = CliResources(repo, lambda task: ImageSession(args.image, args.name, args.hints), args.quiet)
+        vm = args.name or args.image.name
+        [result] = run_cli_tasks(
+            [BackupTask("backup-image", vm, str(args.image), repo.location, options_from(args))], resources
+        )
+    assert result.point is not None
+    report([result.point], args.json)
     return EXIT_OK
 
 

@@ -16,8 +16,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="run the main job on an embedded default and check the result",
         description="Start the vcsim/ simulator (built on first use) on 127.0.0.1, write data into a simulated "
         "VM's disk, back it up in full, change 1%% of it, back it up incrementally through changed block tracking, "
-        "restore the VM to the simulated host as a new VM and both points to files, and compare every restore "
-        "byte for byte with the disk as its snapshot froze it. With --image, do the same with a disk image "
+        "restore the VM to the simulated host as a new VM and both points to files, compare every restore "
+        "byte for byte with the disk as its snapshot froze it, and finally run 'vmkeep agent' with a job file of two "
+        "jobs a few seconds apart until both ran. With --image, do the same with a disk image "
         "and change hints, without the simulator.",
     )
     p.add_argument("--image", action="store_true", help="back up a sample disk image instead of a simulated VM")

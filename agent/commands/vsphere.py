@@ -10,22 +10,17 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from vmkeep.hypervisors.exceptions import SourceError
-from vmkeep.repository.exceptions import RepositoryError
-from vmkeep.repository.points import RecoveryPoint
-from vmkeep.repository.repo import Repository
+from typing import TYPE_CHECKING
 
 from .. import secrets
-from ..engine.exceptions import EngineError
+from ..engine.jobs import BackupTask, RetryPolicy
 from ..exceptions import ConfigError
 from ..output import human_size, print_json, print_table
-from .backup import backup_options, report, run_backup
+from .backup import CliResources, backup_options, options_from, report, run_cli_tasks
 from .common import EXIT_FAILURE, EXIT_OK, json_option, open_repository, repo_options
 
 if TYPE_CHECKING:
-    from vmkeep.hypervisors.vsphere.connection import ConnectionSettings, VSphereConnection
+    from vmkeep.hypervisors.vsphere.connection import ConnectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +91,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--vm", action="append", required=True, metavar="NAME", help="VM to back up (repeatable)")
     repo_options(p)
     p.add_argument("--no-quiesce", action="store_true", help="take crash-consistent snapshots, never quiesced ones")
+    p.add_argument(
+        "--retries", type=int, default=0, metavar="N", help="try a VM that failed up to N more times (default: 0)"
+    )
+    p.add_argument(
+        "--retry-delay", type=float, default=60.0, metavar="SECONDS", help="wait between tries (default: 60)"
+    )
     # Reads are HTTP round trips: more of them in flight than there are CPUs keeps the link busy.
     backup_options(p, workers=max(4, os.cpu_count() or 2))
     p.set_defaults(func=cmd_backup)
@@ -167,26 +168,29 @@ def cmd_vms(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     from vmkeep.hypervisors.vsphere.connection import VSphereConnection
     from vmkeep.hypervisors.vsphere.exceptions import SnapshotError
+    from vmkeep.hypervisors.vsphere.session import VSphereSession
 
+    if args.retries < 0 or args.retry_delay < 0:
+        raise ConfigError("--retries and --retry-delay cannot be negative")
     vms = list(dict.fromkeys(args.vm))  # each VM once, in the order given
-    points: list[RecoveryPoint] = []
-    failures: list[dict[str, Any]] = []
-    settings = settings_from(args)
+    settings = settings_from(args)  # a refused URL or TLS option fails before the repository is opened
     with open_repository(args) as repo, VSphereConnection(settings) as conn:
-        for name in vms:
-            try:
-                point, cleanup_error = _back_up_one(repo, conn, name, args)
-            except (SourceError, EngineError, RepositoryError) as exc:
-                if len(vms) == 1:
-                    raise
-                log.error("%s: backup failed: %s", name, exc)
-                failures.append({"vm": name, "error": str(exc)})
-                continue
-            points.append(point)
-            if cleanup_error:
-                failures.append({"vm": name, "error": cleanup_error})
+        resources = CliResources(
+            repo, lambda task: VSphereSession(conn, task.vm, quiesce=task.options.quiesce), args.quiet
+        )
+        options = options_from(args)
+        tasks = [BackupTask("backup", vm, args.server, repo.location, options) for vm in vms]
+        results = run_cli_tasks(tasks, resources, RetryPolicy(args.retries, args.retry_delay))
+    points = [r.point for r in results if r.point is not None]
+    failures = [{"vm": r.vm, "error": r.error} for r in results if r.error is not None]
     if args.json:
-        print_json({"points": [p.summary_json() for p in points], "failures": failures})
+        print_json(
+            {
+                "points": [p.summary_json() for p in points],
+                "failures": failures,
+                "results": [r.to_json() for r in results],
+            }
+        )
     else:
         if points:
             report(points, as_json=False)
@@ -195,14 +199,3 @@ def cmd_backup(args: argparse.Namespace) -> int:
         for failure in failures:
             print(f"{failure['vm']}: FAILED: {failure['error']}")
     return EXIT_FAILURE if failures else EXIT_OK
-
-
-def _back_up_one(
-    repo: Repository, conn: VSphereConnection, name: str, args: argparse.Namespace
-) -> tuple[RecoveryPoint, str | None]:
-    """Back up one VM; the point, and why its snapshot could not be removed (if it could not)."""
-    from vmkeep.hypervisors.vsphere.session import VSphereSession
-
-    with VSphereSession(conn, name, quiesce=not args.no_quiesce) as session:
-        point = run_backup(repo, session, args)
-    return point, session.cleanup_error

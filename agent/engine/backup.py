@@ -56,18 +56,21 @@ def backup_vm(
     repo: Repository,
     options: BackupOptions | None = None,
     progress: Progress | None = None,
+    token: cancel.CancelToken | None = None,
 ) -> RecoveryPoint:
     """Back up the VM behind an open session into ``repo`` and return the committed point.
 
     The caller holds a shared repository lock and closes the session. On any error nothing is
     committed: packs already written are garbage for gc, and the repository stays consistent.
+    ``token`` (default: the process's) stops the backup at the next block when cancelled.
     """
     started = time.monotonic()
-    job = _BackupJob(session, repo, options or BackupOptions(), progress or Progress())
+    token = token or cancel.root()
+    job = _BackupJob(session, repo, options or BackupOptions(), progress or Progress(), token)
     try:
         records = [job.back_up_disk(disk) for disk in session.disks()]
         job.writer.flush()  # packs durable, then index: only now may a point refer to them
-        cancel.check()  # the last moment to stop: next, the point is committed
+        token.check()  # the last moment to stop: next, the point is committed
         point = RecoveryPoint(
             vm=session.vm_name,
             time=datetime.now(UTC),
@@ -111,8 +114,16 @@ def periodic_full_reason(repo: Repository, session: BackupSession, every: int) -
 
 
 class _BackupJob:
-    def __init__(self, session: BackupSession, repo: Repository, options: BackupOptions, progress: Progress):
+    def __init__(
+        self,
+        session: BackupSession,
+        repo: Repository,
+        options: BackupOptions,
+        progress: Progress,
+        token: cancel.CancelToken,
+    ) -> None:
         self.session = session
+        self.token = token
         self.repo = repo
         self.options = options
         self.progress = progress
@@ -167,7 +178,7 @@ class _BackupJob:
         tree = _TreeBuilder(repo, self.writer, repo.geometry(disk.capacity), prev_leaves)
         workers = self.options.workers
         for result in ordered_map(lambda i: self._process(disk, i), plan.blocks(), workers, 4 * workers):
-            cancel.check()
+            self.token.check()
             record.read_bytes += result.length
             record.changed_blocks += 1
             if result.zero:

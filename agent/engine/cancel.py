@@ -1,37 +1,95 @@
-"""Cancellation: a signal asks the running job to stop; the engine stops at a safe point.
+"""Cancellation tokens: a signal or a caller asks work to stop; the engine stops at a safe point.
+
+Tokens form a tree: the process's root token, one per job under it, one per VM under that.
+Cancelling a token cancels every token below it, so SIGINT/SIGTERM (which cancel the root)
+stop every running job, while a job or a single VM can be stopped alone. The engine checks its
+token between blocks and between steps, and cleans up (snapshot removed, nothing committed)
+on the way out.
 
 Raising from a signal handler can land anywhere, even inside ``Thread.start()``, so the
-handler only sets a flag. The engine checks it between blocks and between steps, and cleans
-up (snapshot removed, nothing committed) on the way out. A second signal forces the issue.
+handler only cancels the root token. A second signal forces the issue.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 
 from .exceptions import Interrupted
 
-_requested = threading.Event()
-_reason: list[str] = [""]
+
+class CancelToken:
+    """Asks a piece of work to stop. Thread-safe; cancelling is one-way."""
+
+    def __init__(self, parent: CancelToken | None = None, name: str = "") -> None:
+        self.name = name
+        self._event = threading.Event()
+        self._reason = ""
+        self._guard = threading.Lock()
+        self._children: weakref.WeakSet[CancelToken] = weakref.WeakSet()
+        if parent is not None:
+            with parent._guard:
+                parent._children.add(self)
+                inherited = parent._reason if parent.cancelled else None
+            if inherited is not None:
+                self.cancel(inherited)
+
+    def child(self, name: str = "") -> CancelToken:
+        """A token cancelled with this one (and alone, without cancelling this one)."""
+        return CancelToken(self, name)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    def cancel(self, reason: str) -> None:
+        """Cancel this token and every token below it; a second call keeps the first reason."""
+        with self._guard:
+            if not self._event.is_set():
+                self._reason = reason
+                self._event.set()
+            children = list(self._children)
+        for child in children:
+            child.cancel(reason)
+
+    def check(self) -> None:
+        """Raise Interrupted if this token was cancelled."""
+        if self._event.is_set():
+            raise Interrupted(self._reason)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True (early) if the token was cancelled meanwhile."""
+        return self._event.wait(seconds)
+
+
+_root = [CancelToken(name="process")]
+
+
+def root() -> CancelToken:
+    """The process's token: every job's token descends from it."""
+    return _root[0]
 
 
 def request(reason: str) -> None:
-    """Ask the running job to stop; raise at once if it was already asked."""
-    if _requested.is_set():
+    """Ask all running work to stop (a signal); raise at once if it was already asked."""
+    if _root[0].cancelled:
         raise Interrupted(f"{reason} (second request: stopping at once)")
-    _reason[0] = reason
-    _requested.set()
+    _root[0].cancel(reason)
 
 
 def requested() -> bool:
-    return _requested.is_set()
+    return _root[0].cancelled
 
 
 def check() -> None:
-    """Raise Interrupted if a stop was requested."""
-    if _requested.is_set():
-        raise Interrupted(_reason[0])
+    """Raise Interrupted if the process was asked to stop."""
+    _root[0].check()
 
 
 def reset() -> None:
-    _requested.clear()
+    """A fresh root token (tokens taken from the old one keep their state)."""
+    _root[0] = CancelToken(name="process")

@@ -20,6 +20,9 @@ PROPERTIES = [
     "capability.changeTrackingSupported",
     "config.hardware.device",
     "snapshot",
+    "runtime.host",
+    "datastore",
+    "parent",
 ]
 
 
@@ -42,6 +45,9 @@ class VmSummary:
     cbt_supported: bool
     snapshots: list[str]
     disks: list[DiskSummary] = field(default_factory=list)
+    host: str = ""  # the moref of the host it runs on
+    datastores: tuple[str, ...] = ()  # morefs of the datastores holding its files
+    folder: str = ""  # its inventory folder, e.g. "/DC0/vm/prod" (filled by list_vms)
     vm: Any = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -55,17 +61,51 @@ class VmSummary:
             "cbt_supported": self.cbt_supported,
             "snapshots": self.snapshots,
             "disks": [vars(d) for d in self.disks],
+            "host": self.host,
+            "datastores": list(self.datastores),
+            "folder": self.folder,
         }
 
 
 def list_vms(conn: VSphereConnection) -> list[VmSummary]:
     """Every VM (and template) the user can see, sorted by name."""
     content = conn.content
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    containers = [vim.Folder, vim.Datacenter]  # for folder paths, in the same round trip
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine, *containers], True)
     try:
-        return sorted((_summary(obj) for obj in _retrieve(content.propertyCollector, view)), key=lambda v: v.name)
+        objects = list(
+            _retrieve(
+                content.propertyCollector,
+                view,
+                {vim.VirtualMachine: PROPERTIES, **{t: ["name", "parent"] for t in containers}},
+            )
+        )
     finally:
         view.DestroyView()
+    vms = [o for o in objects if isinstance(o.obj, vim.VirtualMachine)]
+    folders = _folder_paths([o for o in objects if not isinstance(o.obj, vim.VirtualMachine)])
+    return sorted((_summary(obj, folders) for obj in vms), key=lambda v: v.name)
+
+
+def _folder_paths(objects: list[Any]) -> dict[str, str]:
+    """Folder moref -> path like "/DC0/vm/prod" (datacenters and folders, the root folder left out)."""
+    parents: dict[str, tuple[str, str | None]] = {}
+    for obj in objects:
+        props = {p.name: p.val for p in obj.propSet}
+        parent = props.get("parent")
+        parents[obj.obj._moId] = (props.get("name", ""), parent._moId if parent is not None else None)
+    paths: dict[str, str] = {}
+    for moref in parents:
+        names: list[str] = []
+        current: str | None = moref
+        while current in parents:
+            name, parent_id = parents[current]
+            if parent_id is None:  # the root folder
+                break
+            names.append(name)
+            current = parent_id
+        paths[moref] = "/" + "/".join(reversed(names))
+    return paths
 
 
 def find_vm(conn: VSphereConnection, name: str) -> VmSummary:
@@ -86,7 +126,7 @@ def snapshot_names(tree: Any) -> Iterator[tuple[str, Any]]:
         stack.extend(node.childSnapshotList or [])
 
 
-def _retrieve(collector: Any, view: Any) -> Iterator[Any]:
+def _retrieve(collector: Any, view: Any, properties: dict[Any, list[str]]) -> Iterator[Any]:
     spec = vmodl.query.PropertyCollector.FilterSpec(
         objectSet=[
             vmodl.query.PropertyCollector.ObjectSpec(
@@ -99,7 +139,7 @@ def _retrieve(collector: Any, view: Any) -> Iterator[Any]:
                 ],
             )
         ],
-        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=PROPERTIES)],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=t, pathSet=p) for t, p in properties.items()],
     )
     result = collector.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
     while result is not None:
@@ -109,7 +149,7 @@ def _retrieve(collector: Any, view: Any) -> Iterator[Any]:
         result = collector.ContinueRetrievePropertiesEx(result.token)
 
 
-def _summary(obj: Any) -> VmSummary:
+def _summary(obj: Any, folders: dict[str, str] | None = None) -> VmSummary:
     props = {p.name: p.val for p in obj.propSet}
     snapshot = props.get("snapshot")
     devices = props.get("config.hardware.device") or []
@@ -130,6 +170,9 @@ def _summary(obj: Any) -> VmSummary:
         cbt_supported=bool(props.get("capability.changeTrackingSupported", False)),
         snapshots=[name for name, _ in snapshot_names(snapshot.rootSnapshotList if snapshot else None)],
         disks=disks,
+        host=props["runtime.host"]._moId if props.get("runtime.host") is not None else "",
+        datastores=tuple(ds._moId for ds in props.get("datastore") or []),
+        folder=(folders or {}).get(props["parent"]._moId, "") if props.get("parent") is not None else "",
         vm=obj.obj,
     )
 

@@ -17,6 +17,9 @@ def test_vsphere_demo_passes(vcsim_binary: Path, tmp_path: Path) -> None:
     assert "restore to host" in steps and "identical to" in steps["restore to host"]["detail"]
     assert "incremental backup" in steps and "full backup" in steps
     assert steps["snapshots"]["ok"]
+    scheduled = steps["scheduled run"]
+    assert scheduled["ok"] and "job web ran at" in scheduled["detail"] and "job db ran at" in scheduled["detail"]
+    assert "(incremental)" in scheduled["detail"] and "(full)" in scheduled["detail"]  # web had points already
 
 
 def test_image_demo_passes(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ def test_one_round_trip_lists_every_vm_whatever_their_number(
     vm = next(v for v in vms if v.name == VM)
     assert vm.power_state == "poweredOn" and vm.cbt_supported and not vm.cbt_enabled
     assert [d.capacity for d in vm.disks] == [16 * 1024 * 1024]
+    assert vm.folder == "/DC0/vm" and vm.host.startswith("host-") and len(vm.datastores) == 1  # placement
 
 
 def test_find_vm_and_the_vms_command(vcsim: Vcsim) -> None:
