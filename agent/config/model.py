@@ -70,7 +70,7 @@ class SourceConfig(_Strict):
     @classmethod
     def _thumbprint(cls, value: str | None) -> str | None:
         if value is not None:
-            from vmkeep.hypervisors.vsphere.tls import normalise_thumbprint
+            from vmkeep.hypervisors.tls import normalise_thumbprint
 
             normalise_thumbprint(value)  # ValueError names the problem
         return value

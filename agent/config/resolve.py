@@ -37,8 +37,8 @@ def source_password(name: str, source: SourceConfig) -> str:
 
 
 def source_settings(name: str, source: SourceConfig) -> ConnectionSettings:
+    from vmkeep.hypervisors.tls import TlsPolicy
     from vmkeep.hypervisors.vsphere.connection import ConnectionSettings
-    from vmkeep.hypervisors.vsphere.tls import TlsPolicy
 
     tls = TlsPolicy(ca_file=source.ca_path, thumbprint=source.thumbprint)
     return ConnectionSettings(source.url, source.user, source_password(name, source), tls)

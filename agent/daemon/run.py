@@ -194,8 +194,8 @@ def _apply_retention(repo: Repository, name: str, job: JobConfig, vms: list[str]
     touched = set(vms)
     points = [p for p in repo.points() if p.vm in touched]
     removed = []
-    for decision in apply_policy(points, job.retention.policy()):
-        if not decision.keep:
+    for chain in apply_policy(points, job.retention.policy()):
+        for decision in chain.removed:
             repo.delete_point(decision.point.id)
             removed.append(decision.point.id)
             event(logging.INFO, "point-forgotten", job=name, vm=decision.point.vm, point=decision.point.short_id)
