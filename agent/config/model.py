@@ -52,6 +52,19 @@ class SourceConfig(_Strict):
     keyring: bool = False
     ca_file: str | None = None
     thumbprint: str | None = None
+    allow_cleartext: bool = False  # accept an http:// url (simulators on loopback), loudly
+
+    @model_validator(mode="after")
+    def _no_accidental_cleartext(self) -> Self:
+        """The rule of the command line's --allow-cleartext, checked when the file is loaded."""
+        from vmkeep.hypervisors.tls import TlsPolicy, cleartext_problem
+
+        scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else "https"
+        policy = TlsPolicy(ca_file=self.ca_path, thumbprint=self.thumbprint, allow_cleartext=self.allow_cleartext)
+        problem = cleartext_problem(policy, scheme, self.url, "vCenter")
+        if problem:
+            raise ValueError(problem.replace("--allow-cleartext", "allow_cleartext = true").replace("--", ""))
+        return self
 
     @model_validator(mode="after")
     def _one_password_source(self) -> Self:

@@ -40,7 +40,7 @@ def source_settings(name: str, source: SourceConfig) -> ConnectionSettings:
     from vmkeep.hypervisors.tls import TlsPolicy
     from vmkeep.hypervisors.vsphere.connection import ConnectionSettings
 
-    tls = TlsPolicy(ca_file=source.ca_path, thumbprint=source.thumbprint)
+    tls = TlsPolicy(ca_file=source.ca_path, thumbprint=source.thumbprint, allow_cleartext=source.allow_cleartext)
     return ConnectionSettings(source.url, source.user, source_password(name, source), tls)
 
 

@@ -81,6 +81,20 @@ def test_a_valid_file_passes(tmp_path: Path) -> None:
             "jobs.web.repository (line 14): no repository named 'mian'",
         ),
         (("[jobs.db]", "[jobs.db"), "not valid TOML: Expected ']' at the end of a table declaration (at line 23"),
+        (
+            ('url = "vc.example.com"\nuser', 'url = "http://vc.example.com"\nuser'),
+            "sources.vc1 (line 2): thumbprint needs TLS, but http://vc.example.com is plain http",
+        ),
+        (
+            (
+                'url = "vc.example.com"\nuser = "backup@vsphere.local"\npassword_file = "/etc/vmkeep/vc1.password"\n'
+                'thumbprint = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01"',
+                'url = "http://vc.example.com"\nuser = "backup@vsphere.local"\n'
+                'password_file = "/etc/vmkeep/vc1.password"',
+            ),
+            "refusing to send the vCenter password in clear over http://vc.example.com; use https or "
+            "allow_cleartext = true",
+        ),
     ],
 )
 def test_an_invalid_file_is_refused_with_its_key_path(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
@@ -91,6 +105,14 @@ def test_an_invalid_file_is_refused_with_its_key_path(tmp_path: Path, change: tu
     assert result.code == 2, result
     assert_one_line_error(result)
     assert expected in result.err, result.err
+
+
+def test_allow_cleartext_accepts_a_plain_http_source(tmp_path: Path) -> None:
+    text = VALID.replace('url = "vc.example.com"', 'url = "http://127.0.0.1:8989"\nallow_cleartext = true').replace(
+        'thumbprint = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01"\n', ""
+    )
+    code, _out, err = _check(tmp_path, text)
+    assert code == 0, err
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
