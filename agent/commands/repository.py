@@ -174,6 +174,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def cmd_init(args: argparse.Namespace) -> int:
     path = repo_path(args)
+    if args.passphrase_file is not None and not args.encrypt:
+        raise ConfigError("--passphrase-file without --encrypt would create an unencrypted repository: add --encrypt")
     try:
         config = RepoConfig.new(
             block_size=parse_size(args.block_size),

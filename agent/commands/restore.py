@@ -20,9 +20,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="restore a recovery point",
         description="Restore a recovery point. With --to-dir, write one sparse raw image per disk "
         "(named VM-KEY.img); existing files are never overwritten. POINT is an id, a unique prefix of one, "
-        "'latest' or 'latest:VM'.",
+        "'latest:VM' (the newest point of VM), or 'latest' when all points are of one VM.",
     )
-    p.add_argument("point", metavar="POINT", help="recovery point id or unique prefix, 'latest' or 'latest:VM'")
+    p.add_argument("point", metavar="POINT", help="recovery point id or unique prefix, 'latest:VM' or 'latest'")
     repo_options(p)
     p.add_argument("--to-dir", type=Path, metavar="DIR", help="write raw disk images into DIR")
     host = p.add_argument_group(
@@ -78,8 +78,9 @@ def restore_to_host(args: argparse.Namespace) -> int:
 
     from .vsphere import settings_from
 
-    if not args.datastore or not args.user:
-        raise ConfigError("--to-host needs --user and --datastore")
+    missing = [option for option, value in (("--user", args.user), ("--datastore", args.datastore)) if not value]
+    if missing:
+        raise ConfigError(f"--to-host needs {' and '.join(missing)}")
     network_map = {}
     for item in args.network:
         old, sep, new = item.partition("=")
