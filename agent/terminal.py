@@ -23,11 +23,11 @@ class TerminalProgress(Progress):
         self._start = 0.0
         self._drawn = 0.0
 
-    def disk_started(self, vm: str, key: str, total_bytes: int, mode: str, reason: str | None) -> None:
-        self._label = f"{vm} {key} {mode}"
+    def disk_started(self, vm: str, disk: str, total_bytes: int, mode: str, reason: str | None) -> None:
+        self._label = f"{vm} {disk} {mode}"
         self._total, self._done, self._start, self._drawn = total_bytes, 0, time.monotonic(), 0.0
         if reason and not self._quiet:
-            self._print(f"{vm} disk {key}: full read: {reason}")
+            self._print(f"{vm} {disk}: full read: {reason}")
 
     def advance(self, nbytes: int) -> None:
         self._done += nbytes
@@ -36,7 +36,7 @@ class TerminalProgress(Progress):
             self._drawn = now
             self._draw(now)
 
-    def disk_finished(self, key: str) -> None:
+    def disk_finished(self, disk: str) -> None:
         if self._live and not self._quiet:
             self._draw(time.monotonic())
             self._out.write("\n")

@@ -67,8 +67,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"point": point.id, "vm": point.vm, "disks": [vars(d) for d in disks]})
     else:
+        names = {d.key: d.name for d in point.disks}
         for d in disks:
-            print(f"restored {point.vm} disk {d.key} ({human_size(d.size)}) to {d.path}")
+            print(f"restored {point.vm} {names[d.key]} ({human_size(d.size)}) to {d.path}")
     return EXIT_OK
 
 
