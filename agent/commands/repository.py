@@ -67,6 +67,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_points)
 
     p = sub.add_parser(
+        "info",
+        help="the repository at a glance: size, deduplication, compression, points per VM",
+        description="Show the repository's size on disk, its distinct data before and after compression, "
+        "the deduplication ratio (non-zero data the points reference over the distinct data stored) and the "
+        "compression ratio, and per VM the number of points and the oldest and newest. Reads the index and "
+        "the points' trees, no data block.",
+    )
+    repo_options(p)
+    no_lock_option(p)
+    json_option(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
         "forget",
         help="delete recovery points: chosen ones, or those a retention policy does not keep",
         description="Delete the recovery points given (ids, unique id prefixes, latest or latest:VM), or the "
@@ -202,6 +215,54 @@ def cmd_init(args: argparse.Namespace) -> int:
             f"encryption {config.encryption}, zstd level {config.compression_level})"
         )
     return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from vmkeep.repository.summary import summarise
+
+    with open_repository(args) as repo, repo.read_lock("info"):
+        summary = summarise(repo, repo.points())
+    if args.json:
+        print_json({"repo": str(repo_path(args)), **summary.to_json()})
+        return EXIT_OK
+    files = summary.files
+    print(
+        f"repository {repo_path(args)} (id {summary.repo_id}, encryption {summary.encryption}, "
+        f"block size {human_size(summary.block_size)})"
+    )
+    print(
+        f"size on disk:  {human_size(summary.total_bytes)} in {files['data'].files} packs, "
+        f"{files['index'].files} index files, {files['points'].files} points"
+    )
+    print(
+        f"data:          {summary.data_blobs} distinct blocks, {human_size(summary.data_raw_bytes)} raw, "
+        f"{human_size(summary.data_stored_bytes)} stored (compression {_ratio(summary.compression_ratio)})"
+    )
+    print(
+        f"points:        reference {human_size(summary.referenced_bytes)} of non-zero data "
+        f"(deduplication {_ratio(summary.dedup_ratio)}); restoring all would write "
+        f"{human_size(summary.restore_bytes)}"
+    )
+    print(f"tree nodes:    {summary.tree_blobs}, {human_size(summary.tree_stored_bytes)}")
+    if summary.chains:
+        print()
+        rows = [
+            [
+                c.vm,
+                c.source_type,
+                str(c.points),
+                format_time(c.oldest)[:19].replace("T", " "),
+                format_time(c.newest)[:19].replace("T", " "),
+                c.newest_id[:12],
+            ]
+            for c in summary.chains
+        ]
+        print_table(["VM", "SOURCE", "POINTS", "OLDEST (UTC)", "NEWEST (UTC)", "NEWEST ID"], rows, right={2})
+    return EXIT_OK
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def cmd_points(args: argparse.Namespace) -> int:
