@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmkeep.repository.config import DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_PACK_SIZE, RepoConfig
+from vmkeep.repository.packs import PACK_DIR
 from vmkeep.repository.points import RecoveryPoint, format_time
 from vmkeep.repository.repo import Repository
 
 from .. import secrets
 from ..exceptions import ConfigError
 from ..output import human_size, parse_size, print_json, print_table
+from ..terminal import byte_progress, count_progress
 from .common import EXIT_DAMAGED, EXIT_OK, json_option, no_lock_option, open_repository, repo_options, repo_path
 
 if TYPE_CHECKING:
@@ -270,7 +272,12 @@ def cmd_points(args: argparse.Namespace) -> int:
 
     with open_repository(args) as repo, repo.read_lock("points"):
         points = repo.points(args.vm)
-        sizes = unique_sizes(repo, repo.points()) if args.sizes else {}
+        if args.sizes:
+            every = repo.points()
+            with count_progress("points --sizes", len(every), "points", quiet=args.json) as on_point:
+                sizes = unique_sizes(repo, every, on_point)
+        else:
+            sizes = {}
     if args.json:
         docs: list[dict[str, Any]] = []
         for p in points:
@@ -423,8 +430,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from vmkeep.repository.gc import MaxUnused, collect_garbage
 
     max_unused = parse_max_unused(args.max_unused) if args.max_unused is not None else MaxUnused()
-    with open_repository(args) as repo:
-        report = collect_garbage(repo, dry_run=args.dry_run, max_unused=max_unused)
+    with open_repository(args) as repo, byte_progress("gc: repacking", 0, quiet=args.json or args.dry_run) as bar:
+
+        def on_repack(nbytes: int, total: int) -> None:
+            bar.set_total(total)
+            bar(nbytes)
+
+        report = collect_garbage(repo, dry_run=args.dry_run, max_unused=max_unused, on_repack=on_repack)
     if args.json:
         print_json(report.to_json())
         return EXIT_OK
@@ -464,7 +476,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.point is not None or args.name is not None:
         raise ConfigError("--point and --name go with --against-source IMAGE")
     with open_repository(args) as repo:
-        report = verify(repo, read_data=args.read_data, lock=not args.no_lock)
+        total = sum(f.size for f in repo.backend.list(PACK_DIR)) if args.read_data else 0
+        with byte_progress("verify --read-data", total, quiet=args.json or not args.read_data) as on_pack:
+            report = verify(repo, read_data=args.read_data, on_pack=on_pack, lock=not args.no_lock)
     if args.json:
         print_json(vars(report) | {"ok": report.ok})
     else:
@@ -506,7 +520,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
     from vmkeep.repository.repair import repair
 
     with open_repository(args) as repo:
-        report = repair(repo)
+        total = sum(f.size for f in repo.backend.list(PACK_DIR))
+        with byte_progress("repair: reading packs", total, quiet=args.json) as on_pack:
+            report = repair(repo, on_pack)
     if args.json:
         print_json(vars(report) | {"complete": report.complete})
         return EXIT_OK if report.complete else EXIT_DAMAGED

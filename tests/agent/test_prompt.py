@@ -3,48 +3,12 @@
 from __future__ import annotations
 
 import os
-import pty
-import select
-import signal
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.repos import run_vmkeep
-
-# A guard against a hung child, not a measurement: every step below normally takes well under it.
-GUARD_SECONDS = 60
-
-
-def _run_on_pty(args: list[str], keys: list[bytes], env: dict[str, str]) -> tuple[int, str]:
-    """Run vmkeep with a pty as its controlling terminal; send each of ``keys`` after a prompt."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the pty is its controlling terminal and stdin/stdout/stderr
-        os.execve(sys.executable, [sys.executable, "-m", "vmkeep.agent.cli", *args], env)
-    output = b""
-    pending = list(keys)
-    answered = 0  # the length of the output when the last key was sent: the next waits for a new prompt
-    try:
-        while True:
-            ready, _, _ = select.select([fd], [], [], GUARD_SECONDS)
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                raise AssertionError(f"vmkeep hung; output so far: {output!r}")
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            output += chunk
-            if pending and len(output) > answered and output[answered:].rstrip().endswith(b":"):
-                os.write(fd, pending.pop(0))
-                answered = len(output)
-    finally:
-        os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+from tests.fixtures.terminal import run_on_pty
 
 
 @pytest.fixture
@@ -57,7 +21,7 @@ def encrypted(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def test_ctrl_d_at_the_prompt_exits_130_with_a_clear_message(encrypted: tuple[Path, dict[str, str]]) -> None:
     repo, env = encrypted
-    code, output = _run_on_pty(["points", "--repo", str(repo)], [b"\x04"], env)
+    code, output = run_on_pty(["points", "--repo", str(repo)], [b"\x04"], env)
     assert code == 130, output
     assert "vmkeep: error: repository passphrase prompt ended with Ctrl-D; nothing was done" in output
     assert "EOFError" not in output and "Traceback" not in output
@@ -66,7 +30,7 @@ def test_ctrl_d_at_the_prompt_exits_130_with_a_clear_message(encrypted: tuple[Pa
 def test_ctrl_c_at_the_prompt_ends_the_command_at_once(encrypted: tuple[Path, dict[str, str]]) -> None:
     repo, env = encrypted
     # Before the fix one Ctrl-C was ignored and the passphrase typed after it was accepted.
-    code, output = _run_on_pty(["points", "--repo", str(repo)], [b"\x03", b"right\n"], env)
+    code, output = run_on_pty(["points", "--repo", str(repo)], [b"\x03", b"right\n"], env)
     assert code == 130, output
     assert "vmkeep: error: interrupted at the repository passphrase prompt (Ctrl-C); nothing was done" in output
     assert "Traceback" not in output
@@ -75,7 +39,7 @@ def test_ctrl_c_at_the_prompt_ends_the_command_at_once(encrypted: tuple[Path, di
 
 def test_ctrl_c_at_the_init_prompt_creates_nothing(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_")}
-    code, output = _run_on_pty(["init", str(tmp_path / "repo"), "--encrypt"], [b"secret\n", b"\x03"], env)
+    code, output = run_on_pty(["init", str(tmp_path / "repo"), "--encrypt"], [b"secret\n", b"\x03"], env)
     assert code == 130, output
     assert "interrupted at the repeat passphrase prompt (Ctrl-C)" in output
     assert not (tmp_path / "repo").exists()
@@ -83,5 +47,5 @@ def test_ctrl_c_at_the_init_prompt_creates_nothing(tmp_path: Path) -> None:
 
 def test_the_passphrase_typed_at_the_prompt_opens_the_repository(encrypted: tuple[Path, dict[str, str]]) -> None:
     repo, env = encrypted
-    code, output = _run_on_pty(["points", "--repo", str(repo)], [b"right\n"], env)
+    code, output = run_on_pty(["points", "--repo", str(repo)], [b"right\n"], env)
     assert code == 0, output
