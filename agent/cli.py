@@ -12,7 +12,7 @@ from types import FrameType
 
 from vmkeep.repository.exceptions import CorruptRepository
 
-from .commands import backup, demo, key, repository, restore, vsphere
+from .commands import backup, demo, key, manual, repository, restore, vsphere
 from .commands.common import EXIT_FAILURE, exit_code
 from .engine import cancel
 from .engine.exceptions import Interrupted
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_parsers(sub)
     key.add_parsers(sub)
     demo.add_parsers(sub)
+    manual.add_parsers(sub)
     return parser
 
 
