@@ -25,7 +25,7 @@ PROPERTIES = [
 
 @dataclass(frozen=True)
 class DiskSummary:
-    key: int
+    key: str  # the device key, as a string like the key of a point's disk record
     label: str
     capacity: int
     file: str
@@ -115,7 +115,10 @@ def _summary(obj: Any) -> VmSummary:
     devices = props.get("config.hardware.device") or []
     disks = [
         DiskSummary(
-            d.key, d.deviceInfo.label if d.deviceInfo else str(d.key), _capacity(d), getattr(d.backing, "fileName", "")
+            str(d.key),
+            d.deviceInfo.label if d.deviceInfo else str(d.key),
+            _capacity(d),
+            getattr(d.backing, "fileName", ""),
         )
         for d in devices
         if isinstance(d, vim.vm.device.VirtualDisk)

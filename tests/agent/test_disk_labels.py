@@ -47,7 +47,8 @@ def test_vsphere_disks_are_shown_by_label_and_the_key_stays_in_json(vcsim: Vcsim
     assert f"\n  {label}: " in backup.out and f"disk {disk.key}" not in backup.out
     inventory = run_cli(vcsim, "vms", *cli_connection(vcsim), "--json")
     [vm] = [v for v in json.loads(inventory.out) if v["name"] == VM]
-    assert label in json.dumps(vm)  # the label vCenter shows for the disk
+    [listed] = vm["disks"]
+    assert (listed["key"], listed["label"]) == (record["key"], label)  # one key type in every --json
 
     restored = run_vmkeep("restore", f"latest:{VM}", "--repo", repo, "--to-dir", tmp_path / "out")
     assert restored.code == 0, restored.err
