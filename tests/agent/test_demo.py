@@ -54,7 +54,7 @@ def test_help_shows_percent_signs_as_they_are() -> None:
 
 
 def test_the_vsphere_demo_does_not_hold_whole_disks_in_memory(vcsim_binary: Path, tmp_path: Path) -> None:
-    """Peak memory stays well below the disk's size: restored disks are hashed in chunks, not read whole."""
+    """Peak memory stays well below the whole disks held at once: restores are hashed in chunks, not read whole."""
     size_mib = 192
     code = (
         "import resource, runpy, sys; sys.argv = ['vmkeep'] + sys.argv[1:]\n"
@@ -68,6 +68,7 @@ def test_the_vsphere_demo_does_not_hold_whole_disks_in_memory(vcsim_binary: Path
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ok"]
     peak_kib = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0])
-    # Reading whole images held two copies of the disk plus the restored one (3 x 192 MiB on top of
-    # the interpreter); hashing in chunks keeps the peak under one disk's size.
-    assert peak_kib < size_mib * 1024, f"peak {peak_kib // 1024} MiB"
+    # Reading whole images held two copies of the disk plus the restored ones: 903 MiB at this size
+    # on the project's VM. Hashing in chunks peaked at 175 MiB there alone, 267 MiB in one run of the
+    # whole suite; the bound sits between, at twice the disk.
+    assert peak_kib < 2 * size_mib * 1024, f"peak {peak_kib // 1024} MiB"
