@@ -120,9 +120,10 @@ def restore_to_host(args: argparse.Namespace) -> int:
         )
     else:
         print(f"restored {point.vm} ({point.short_id}) to {args.server} as VM {restored.name} ({restored.moref})")
+        names = {d.key: d.name for d in point.disks}
         for d in restored.disks:
             print(
-                f"  disk {d['key']}: {human_size(d['size'])} uploaded to {d['file']}"
+                f"  {names.get(d['key'], 'disk ' + d['key'])}: {human_size(d['size'])} uploaded to {d['file']}"
                 + (", verified" if target.verify else "")
             )
     return EXIT_OK

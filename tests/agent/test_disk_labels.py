@@ -56,6 +56,10 @@ def test_vsphere_disks_are_shown_by_label_and_the_key_stays_in_json(vcsim: Vcsim
     target = tmp_path / "out" / f"{VM}-{slug}.img"
     assert f"restored {VM} {label} " in restored.out and str(target) in restored.out
     assert target.read_bytes() == disk_bytes(vcsim, VM, disk.capacity)
+    host = ["--to-host", f"{vcsim.host}:{vcsim.port}", "--user", vcsim.user, "--ca-file", str(vcsim.ca_file)]
+    to_host = run_cli(vcsim, "restore", f"latest:{VM}", "--repo", repo, *host, "--datastore", "LocalDS_0")
+    assert to_host.code == 0, to_host.err
+    assert f"\n  {label}: " in to_host.out and f"disk {disk.key}" not in to_host.out
 
 
 def test_the_sanity_sample_is_shown_apart_from_what_was_read(tmp_path: Path) -> None:
