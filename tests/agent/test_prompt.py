@@ -49,3 +49,11 @@ def test_the_passphrase_typed_at_the_prompt_opens_the_repository(encrypted: tupl
     repo, env = encrypted
     code, output = run_on_pty(["points", "--repo", str(repo)], [b"right\n"], env)
     assert code == 0, output
+
+
+def test_ctrl_d_at_the_store_password_prompt_ends_the_command() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_")}
+    args = ["store-password", "--vcenter", "vc.example.com", "--user", "backup@vsphere.local"]
+    code, output = run_on_pty(args, [b"\x04"], env)
+    assert code == 130, output
+    assert "password for backup@vsphere.local@vc.example.com prompt ended with Ctrl-D" in output
