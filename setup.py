@@ -1,4 +1,4 @@
-"""Map the top-level folders under the ``vmkeep`` package (see DESIGN.md, "Layout").
+"""Map the top-level folders under the ``vmkeep`` package (see docs/DESIGN.md, "Layout").
 
 setuptools' package discovery cannot rename, so the subpackages are listed here;
 pyproject.toml holds everything else.

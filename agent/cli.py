@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from vmkeep.hypervisors.exceptions import SourceError
-from vmkeep.repository.exceptions import CorruptRepository, RepositoryError
+from vmkeep.repository.exceptions import CorruptRepository
 
-from .commands import agent, backup, config, demo, key, repository, restore, vsphere
-from .commands.common import EXIT_DAMAGED, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from .commands import agent, backup, config, demo, key, manual, repository, restore, vsphere
+from .commands.common import EXIT_FAILURE, exit_code
 from .engine import cancel
-from .engine.exceptions import EngineError, Interrupted
-from .exceptions import AgentError, ConfigError
+from .engine.exceptions import Interrupted
+from .exceptions import PromptCancelled
+from .output import print_json
 
 PROG = "vmkeep"
 
@@ -25,8 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Agentless, forever-incremental backup of virtual machines into a deduplicating repository.",
-        epilog="Secrets are never taken on the command line: use --passphrase-file or $VMKEEP_PASSPHRASE.",
+        epilog="Secrets are never taken on the command line: use --passphrase-file or $VMKEEP_PASSPHRASE. "
+        "Exit status: 0 success, 1 failure, 2 bad usage or configuration, 3 damage found or a corrupt "
+        "repository, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--verbose", "-v", action="count", default=0, help="more log output (twice for debug)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -38,7 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_parsers(sub)
     agent.add_parsers(sub)
     demo.add_parsers(sub)
+    manual.add_parsers(sub)
     return parser
+
+
+def version() -> str:
+    """The installed package's version."""
+    try:
+        return importlib.metadata.version(PROG)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,27 +64,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (KeyboardInterrupt, Interrupted):
-        _error("interrupted; the job was cleaned up and nothing was committed")
-        return EXIT_INTERRUPTED
-    except CorruptRepository as exc:
-        message = str(exc)
-        _error(message if message.startswith("corrupt repository") else f"corrupt repository: {message}")
-        return EXIT_DAMAGED
-    except (AgentError, RepositoryError, SourceError, EngineError) as exc:
-        _error(str(exc))
-        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE
-    except OSError as exc:
-        _error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
-        return EXIT_FAILURE
-    except Exception as exc:
-        if args.debug:
-            raise
-        _error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)")
-        return EXIT_FAILURE
+    except (KeyboardInterrupt, Exception) as exc:
+        status = exit_code(exc)
+        if status is None:
+            if args.debug:
+                raise
+            status, message = EXIT_FAILURE, f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)"
+        else:
+            message = _message(exc)
+        _error(message)
+        if getattr(args, "json", False):
+            print_json({"error": message, "code": status})
+        return status
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _message(exc: BaseException) -> str:
+    """The one error line for an expected error."""
+    if isinstance(exc, PromptCancelled):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt | Interrupted):
+        return "interrupted; the job was cleaned up and nothing was committed"
+    if isinstance(exc, CorruptRepository):
+        message = str(exc)
+        return message if message.startswith("corrupt repository") else f"corrupt repository: {message}"
+    if isinstance(exc, OSError):
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    return str(exc)
 
 
 def _request_stop(signum: int, frame: FrameType | None) -> None:

@@ -9,3 +9,7 @@ class AgentError(Exception):
 
 class ConfigError(AgentError):
     """A bad option value, configuration file or environment setting."""
+
+
+class PromptCancelled(AgentError):
+    """Ctrl-C or Ctrl-D at a prompt for a secret: the command ends at once."""

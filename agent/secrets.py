@@ -8,10 +8,12 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, PromptCancelled
 
 PASSPHRASE_ENV = "VMKEEP_PASSPHRASE"
 NEW_PASSPHRASE_ENV = "VMKEEP_NEW_PASSPHRASE"  # key passwd: the passphrase replacing the current one
@@ -19,6 +21,29 @@ PASSWORD_ENV = "VMKEEP_PASSWORD"
 KEYRING_SERVICE = "vmkeep"
 
 log = logging.getLogger(__name__)
+
+
+def prompt_secret(text: str) -> str:
+    """Ask for a secret on the terminal, without echo.
+
+    Ctrl-D and Ctrl-C end the command at once (``PromptCancelled``). The CLI's SIGINT handler only
+    asks a running job to stop at its next block, which at a prompt would mean typing on regardless,
+    so the default handler is put back while the prompt waits.
+    """
+    what = text.strip().rstrip(":")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main_thread else None
+    try:
+        return getpass.getpass(text)
+    except EOFError:
+        sys.stderr.write("\n")
+        raise PromptCancelled(f"{what} prompt ended with Ctrl-D; nothing was done") from None
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        raise PromptCancelled(f"interrupted at the {what} prompt (Ctrl-C); nothing was done") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def read_secret_file(path: Path, what: str) -> bytes:
@@ -47,10 +72,10 @@ def passphrase(file: Path | None, *, confirm: bool = False, required: bool = Fal
         return None
     if not sys.stdin.isatty():
         raise ConfigError(f"a passphrase is needed: set {PASSPHRASE_ENV} or pass --passphrase-file")
-    first = getpass.getpass("repository passphrase: ").encode()
+    first = prompt_secret("repository passphrase: ").encode()
     if not first:
         raise ConfigError("an empty passphrase is not allowed")
-    if confirm and getpass.getpass("repeat passphrase: ").encode() != first:
+    if confirm and prompt_secret("repeat passphrase: ").encode() != first:
         raise ConfigError("the passphrases do not match")
     return first
 
@@ -64,10 +89,10 @@ def new_passphrase(file: Path | None) -> bytes:
         return env.encode()
     if not sys.stdin.isatty():
         raise ConfigError(f"a new passphrase is needed: set {NEW_PASSPHRASE_ENV} or pass --new-passphrase-file")
-    first = getpass.getpass("new repository passphrase: ").encode()
+    first = prompt_secret("new repository passphrase: ").encode()
     if not first:
         raise ConfigError("an empty passphrase is not allowed")
-    if getpass.getpass("repeat new passphrase: ").encode() != first:
+    if prompt_secret("repeat new passphrase: ").encode() != first:
         raise ConfigError("the passphrases do not match")
     return first
 
@@ -87,7 +112,7 @@ def password(file: Path | None, user: str, server: str) -> str:
             f"a password is needed for {user}@{server}: set {PASSWORD_ENV}, pass --password-file, "
             "or store it with 'vmkeep store-password'"
         )
-    return getpass.getpass(f"password for {user}@{server}: ")
+    return prompt_secret(f"password for {user}@{server}: ")
 
 
 def keyring_entry(user: str, server: str) -> str:

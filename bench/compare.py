@@ -246,7 +246,7 @@ def seconds_of(runs: list[Run], tool: str, op: str) -> float | None:
 
 
 def targets(runs: list[Run]) -> list[tuple[str, float | None, float, bool | None]]:
-    """(what, measured ratio, target, met) for each target of DESIGN.md."""
+    """(what, measured ratio, target, met) for each target of docs/DESIGN.md."""
 
     def ratio(a: tuple[str, str], b: tuple[str, str]) -> float | None:
         x, y = seconds_of(runs, *a), seconds_of(runs, *b)
@@ -298,7 +298,7 @@ def main() -> int:
     print(f"\nbest of {args.rounds} round(s):")
     for run in best:
         print(f"  {run.tool:16} {run.op:12} {run.seconds:8.2f} s {run.mb_per_s:9.1f} MB/s  peak {run.peak_mb:7.1f} MB")
-    print("\ntargets (DESIGN.md):")
+    print("\ntargets (docs/DESIGN.md):")
     results = targets(best)
     for what, value, target, met in results:
         shown = "n/a" if value is None else f"{value:6.2f}"

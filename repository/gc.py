@@ -27,7 +27,7 @@ otherwise deduplicate against a blob whose pack is gone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -213,7 +213,13 @@ class GcReport:
         }
 
 
-def collect_garbage(repo: Repository, dry_run: bool = False, max_unused: MaxUnused | None = None) -> GcReport:
+def collect_garbage(
+    repo: Repository,
+    dry_run: bool = False,
+    max_unused: MaxUnused | None = None,
+    on_repack: Callable[[int, int], None] | None = None,
+) -> GcReport:
+    """Carry out (or with ``dry_run`` only plan) gc; ``on_repack(bytes, total)`` as each repacked pack is read."""
     lock, released = lock_making_room(repo, "gc", exclusive=True)
     with lock:
         plan = plan_gc(repo, max_unused or MaxUnused())
@@ -232,7 +238,7 @@ def collect_garbage(repo: Repository, dry_run: bool = False, max_unused: MaxUnus
                 reserve_released=released,
                 reserve_restored=restored,
             )
-        return _carry_out(repo, plan, released)
+        return _carry_out(repo, plan, released, on_repack)
 
 
 def plan_gc(repo: Repository, max_unused: MaxUnused) -> GcPlan:
@@ -398,11 +404,13 @@ def index_has_garbage(index: BlockIndex, kept: Mapping[str, tuple[IndexEntry, ..
     return len(index) != sum(len(v) for v in kept.values())
 
 
-def _carry_out(repo: Repository, plan: GcPlan, reserve_released: bool) -> GcReport:
+def _carry_out(
+    repo: Repository, plan: GcPlan, reserve_released: bool, on_repack: Callable[[int, int], None] | None
+) -> GcReport:
     tmp_removed = _delete_unnamed(repo, plan)
     done = plan
     try:
-        new_packs = _repack(repo, plan)
+        new_packs = _repack(repo, plan, on_repack)
     except RepositoryFull:
         log.info("no room to write repacked packs: repacking skipped, deleting what no point uses")
         done = plan.without_repack(Unreclaimed.NO_SPACE)
@@ -466,7 +474,9 @@ def _delete_unnamed(repo: Repository, plan: GcPlan) -> int:
     return removed
 
 
-def _repack(repo: Repository, plan: GcPlan) -> dict[str, list[IndexEntry]]:
+def _repack(
+    repo: Repository, plan: GcPlan, on_repack: Callable[[int, int], None] | None = None
+) -> dict[str, list[IndexEntry]]:
     """Write ``plan.new_packs``: the live frames of the repacked packs, checked, not decoded.
 
     Each source pack is read once, in plan order; a new pack is written as soon as its last
@@ -477,9 +487,12 @@ def _repack(repo: Repository, plan: GcPlan) -> dict[str, list[IndexEntry]]:
     waiting = [len(layout.frames) for layout in plan.new_packs]
     builders: dict[int, PackBuilder] = {}
     written: dict[str, list[IndexEntry]] = {}
+    total = sum(plan.sizes[r.pack] for r in plan.repack)
     try:
         for repack in plan.repack:
             data = repo.backend.read(pack_path(repack.pack))
+            if on_repack is not None:
+                on_repack(len(data), total)
             for entry in repack.live:
                 frame = data[entry.offset : entry.offset + entry.length]
                 where = f"pack {repack.pack[:12]}@{entry.offset}"

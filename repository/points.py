@@ -34,15 +34,22 @@ class DiskRecord:
     key: str  # the disk's key in its VM (vSphere device key, Hyper-V controller location, "disk0")
     capacity: int  # bytes
     tree: str  # hex id of the root of the block-reference tree
+    label: str = ""  # for people: "Hard disk 1"; empty when the source gives none
     mode: ReadMode = MODE_FULL  # how this disk was read
     reason: str | None = None  # why a full read was done, when it was
     change_token: str | None = None  # vSphere changeId / Hyper-V RCT id at the snapshot
     identity: dict[str, Any] = field(default_factory=dict)  # uuid, path...: a change forces a full read
-    read_bytes: int = 0  # bytes read from the source
+    read_bytes: int = 0  # bytes read from the source, the sanity-check sample included
+    sanity_bytes: int = 0  # of those, bytes re-read only to check change tracking or an allocation map
     new_bytes: int = 0  # raw bytes of blocks that were new to the repository
     stored_bytes: int = 0  # bytes those new blocks take on disk (compressed, with frame headers)
     zero_bytes: int = 0  # bytes read that were all zeros (not stored)
     changed_blocks: int = 0  # blocks read because they changed (or all blocks, on a full read)
+
+    @property
+    def name(self) -> str:
+        """How people call the disk: its label ("Hard disk 1"), else "disk KEY"."""
+        return self.label or f"disk {self.key}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,13 +59,22 @@ class DiskRecord:
         """A disk record as stored; TypeError/KeyError/ValueError naming the field if it is not one."""
         counters = {
             name: typed(doc, name, int)
-            for name in ("capacity", "read_bytes", "new_bytes", "stored_bytes", "zero_bytes", "changed_blocks")
+            for name in (
+                "capacity",
+                "read_bytes",
+                "sanity_bytes",
+                "new_bytes",
+                "stored_bytes",
+                "zero_bytes",
+                "changed_blocks",
+            )
             if name == "capacity" or name in doc
         }
         if any(v < 0 for v in counters.values()):
             raise ValueError("a size or count is negative")
         return cls(
             key=typed(doc, "key", str),
+            label=optional(doc, "label", str, ""),
             tree=hex_id(doc, "tree"),
             mode=ReadMode(typed(doc, "mode", str)),
             reason=optional(doc, "reason", str, None),

@@ -309,12 +309,18 @@ class Repository:
         return [p for p in scan.points if p.vm == vm]
 
     def find_point(self, ref: str) -> RecoveryPoint:
-        """A point by id or unique id prefix; ``latest`` or ``latest:VM`` for the newest."""
+        """A point by id or unique id prefix; ``latest:VM`` for the newest of a VM, ``latest`` if all are of one."""
         if ref == "latest" or ref.startswith("latest:"):
             vm = ref.partition(":")[2] or None
             points = self.points(vm)
             if not points:
                 raise PointNotFound("the repository holds no recovery point" + (f" of VM {vm!r}" if vm else ""))
+            names = sorted({p.vm for p in points})
+            if len(names) > 1:
+                raise AmbiguousPoint(
+                    f"'latest' is ambiguous: the repository holds points of {len(names)} VMs "
+                    f"({', '.join(names)}); say latest:VM"
+                )
             return points[-1]
         return self.load_point(self.point_id(ref))
 

@@ -7,7 +7,7 @@ size of the blobs (data blocks and tree nodes) that no other point reaches.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .points import RecoveryPoint
 from .repo import Repository
@@ -26,8 +26,10 @@ def reachable_blobs(repo: Repository, points: Iterable[RecoveryPoint]) -> set[by
     return seen
 
 
-def unique_sizes(repo: Repository, points: list[RecoveryPoint]) -> dict[str, int]:
-    """Point id -> stored bytes that only that point reaches.
+def unique_sizes(
+    repo: Repository, points: list[RecoveryPoint], on_point: Callable[[], None] | None = None
+) -> dict[str, int]:
+    """Point id -> stored bytes that only that point reaches; ``on_point()`` after each point (progress).
 
     Each blob gets an owner: the one point that reaches it, or "many". A node found shared
     passes "many" down to its subtree. Every node is expanded at most twice, so this costs
@@ -54,6 +56,8 @@ def unique_sizes(repo: Repository, points: list[RecoveryPoint]) -> dict[str, int
                 _level, children = decode_node(repo.read_blob(node_id), f"tree node {node_id.hex()[:16]}")
                 for k, child in enumerate(children):
                     stack.append((level - 1, index * geometry.fanout + k, child, claim))
+        if on_point is not None:
+            on_point()
     sizes = {p.id: 0 for p in points}
     for blob_id, who in owner.items():
         if who != _MANY:

@@ -11,7 +11,7 @@ from typing import Any
 
 from vmkeep.hypervisors.base import BackupSession
 from vmkeep.hypervisors.image.session import ImageSession
-from vmkeep.repository.points import RecoveryPoint
+from vmkeep.repository.points import DiskRecord, RecoveryPoint
 from vmkeep.repository.repo import Repository
 
 from ..engine import cancel
@@ -137,9 +137,16 @@ def report(points: list[RecoveryPoint], as_json: bool) -> None:
         for d in point.disks:
             how = d.mode if d.reason is None else f"{d.mode} ({d.reason})"
             print(
-                f"  disk {d.key}: {human_size(d.capacity)}, {how}: read {human_size(d.read_bytes)}, "
+                f"  {d.name}: {human_size(d.capacity)}, {how}: read {read_figure(d)}, "
                 f"new {human_size(d.new_bytes)}, stored {human_size(d.stored_bytes)}, zero {human_size(d.zero_bytes)}"
             )
+
+
+def read_figure(disk: DiskRecord) -> str:
+    """What was read: "3.0 MiB", or "3.0 MiB + 8.0 MiB sanity check" when a sample was re-read to check."""
+    if not disk.sanity_bytes:
+        return human_size(disk.read_bytes)
+    return f"{human_size(disk.read_bytes - disk.sanity_bytes)} + {human_size(disk.sanity_bytes)} sanity check"
 
 
 def _positive(text: str) -> int:

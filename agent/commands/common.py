@@ -7,17 +7,58 @@ import os
 import sys
 from pathlib import Path
 
-from vmkeep.repository.exceptions import PassphraseRequired
+from vmkeep.hypervisors.exceptions import SourceError
+from vmkeep.hypervisors.image.exceptions import HintsError
+from vmkeep.repository.exceptions import (
+    AmbiguousPoint,
+    CorruptRepository,
+    NotARepository,
+    PassphraseRequired,
+    RepositoryError,
+    RepositoryExists,
+    WrongPassphrase,
+)
 from vmkeep.repository.repo import Repository
 
 from .. import secrets
-from ..exceptions import ConfigError
+from ..engine.exceptions import EngineError, Interrupted
+from ..exceptions import AgentError, ConfigError, PromptCancelled
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad usage or configuration: what the administrator asked for cannot be done as asked
 EXIT_DAMAGED = 3  # verify found problems, or a repository file is damaged
 EXIT_INTERRUPTED = 130
+
+# The one place where an error becomes an exit status: the first row whose class matches wins, so
+# subclasses come before their bases. The README's table of exit codes lists the same rows.
+EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
+    (KeyboardInterrupt, EXIT_INTERRUPTED, "interrupted (Ctrl-C, SIGTERM)"),
+    (Interrupted, EXIT_INTERRUPTED, "interrupted (Ctrl-C, SIGTERM)"),
+    (PromptCancelled, EXIT_INTERRUPTED, "Ctrl-C or Ctrl-D at a passphrase or password prompt"),
+    (CorruptRepository, EXIT_DAMAGED, "a repository file is damaged or missing"),
+    (ConfigError, EXIT_USAGE, "a bad option, option value, environment setting or secret file"),
+    (NotARepository, EXIT_USAGE, "the repository path does not exist, or is not a repository"),
+    (RepositoryExists, EXIT_USAGE, "init into a directory that is not empty"),
+    (PassphraseRequired, EXIT_USAGE, "an encrypted repository and no passphrase"),
+    (WrongPassphrase, EXIT_USAGE, "the passphrase does not open the repository"),
+    (AmbiguousPoint, EXIT_USAGE, "a point reference that matches several points, or 'latest' with several VMs"),
+    (HintsError, EXIT_USAGE, "a --hints file that cannot be read or is malformed"),
+    (AgentError, EXIT_FAILURE, "any other failure"),
+    (RepositoryError, EXIT_FAILURE, "any other failure"),
+    (SourceError, EXIT_FAILURE, "any other failure"),
+    (EngineError, EXIT_FAILURE, "any other failure"),
+    (OSError, EXIT_FAILURE, "any other failure"),
+)
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit status for an expected error, or None for an unexpected one (a bug)."""
+    for cls, code, _ in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return None
+
 
 REPO_ENV = "VMKEEP_REPO"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..exceptions import ConfigError
@@ -15,15 +17,23 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "demo",
         help="run the main job on an embedded default and check the result",
         description="Start the vcsim/ simulator (built on first use) on 127.0.0.1, write data into a simulated "
-        "VM's disk, back it up in full, change 1%% of it, back it up incrementally through changed block tracking, "
+        "VM's disk, back it up in full, change 1% of it, back it up incrementally through changed block tracking, "
         "restore the VM to the simulated host as a new VM and both points to files, compare every restore "
         "byte for byte with the disk as its snapshot froze it, and finally run 'vmkeep agent' with a job file of two "
         "jobs a few seconds apart until both ran. With --image, do the same with a disk image "
         "and change hints, without the simulator.",
     )
     p.add_argument("--image", action="store_true", help="back up a sample disk image instead of a simulated VM")
-    p.add_argument("--dir", type=Path, metavar="DIR", help="work directory (default: a new temporary one)")
-    p.add_argument("--size", default="256M", metavar="SIZE", help="size of the sample disk, in MiB (default: 256M)")
+    p.add_argument(
+        "--dir", type=Path, metavar="DIR", help="work directory, kept (default: a temporary one, removed at the end)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temporary work directory (repository, restores)")
+    p.add_argument(
+        "--size",
+        default="256",
+        metavar="SIZE",
+        help="size of the sample disk: MiB, or with a unit (256, 1G; default 256)",
+    )
     json_option(p)
     p.set_defaults(func=cmd_demo)
 
@@ -31,13 +41,27 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_image_demo, run_vsphere_demo
 
-    size = parse_size(args.size)
+    size = parse_size(args.size + "M" if args.size.strip().isdigit() else args.size)
     if size < 1024 * 1024 or size % (1024 * 1024):
         raise ConfigError("--size must be a whole number of MiB")
     run = run_image_demo if args.image else run_vsphere_demo
-    result = run(args.dir, size, say=(lambda s: None) if args.json else print)
+    workdir = args.dir if args.dir is not None else Path(tempfile.mkdtemp(prefix="vmkeep-demo-"))
+    remove = args.dir is None and not args.keep
+    try:
+        result = run(workdir, size, say=(lambda s: None) if args.json else print)
+    except BaseException:
+        if remove:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    remove = remove and result.ok  # a failed demo keeps its files, to look at
+    if remove:
+        shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
-        print_json(result.to_json())
+        print_json({**result.to_json(), "kept": not remove})
     else:
-        print(("demo passed" if result.ok else "demo FAILED") + f"; files are in {result.workdir}")
+        verdict = "demo passed" if result.ok else "demo FAILED"
+        print(
+            f"{verdict}; "
+            + ("its temporary files were removed (--keep keeps them)" if remove else f"files are in {workdir}")
+        )
     return EXIT_OK if result.ok else EXIT_FAILURE

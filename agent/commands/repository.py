@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmkeep.repository.config import DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_PACK_SIZE, RepoConfig
+from vmkeep.repository.packs import PACK_DIR
 from vmkeep.repository.points import RecoveryPoint, format_time
 from vmkeep.repository.repo import Repository
 
 from .. import secrets
 from ..exceptions import ConfigError
 from ..output import human_size, parse_size, print_json, print_table
+from ..terminal import byte_progress, count_progress
 from .common import EXIT_DAMAGED, EXIT_OK, json_option, no_lock_option, open_repository, repo_options, repo_path
 
 if TYPE_CHECKING:
@@ -65,6 +67,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     no_lock_option(p)
     json_option(p)
     p.set_defaults(func=cmd_points)
+
+    p = sub.add_parser(
+        "info",
+        help="the repository at a glance: size, deduplication, compression, points per VM",
+        description="Show the repository's size on disk, its distinct data before and after compression, "
+        "the deduplication ratio (non-zero data the points reference over the distinct data stored) and the "
+        "compression ratio, and per VM the number of points and the oldest and newest. Reads the index and "
+        "the points' trees, no data block.",
+    )
+    repo_options(p)
+    no_lock_option(p)
+    json_option(p)
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
         "forget",
@@ -174,6 +189,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def cmd_init(args: argparse.Namespace) -> int:
     path = repo_path(args)
+    if args.passphrase_file is not None and not args.encrypt:
+        raise ConfigError("--passphrase-file without --encrypt would create an unencrypted repository: add --encrypt")
     try:
         config = RepoConfig.new(
             block_size=parse_size(args.block_size),
@@ -202,12 +219,65 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from vmkeep.repository.summary import summarise
+
+    with open_repository(args) as repo, repo.read_lock("info"):
+        summary = summarise(repo, repo.points())
+    if args.json:
+        print_json({"repo": str(repo_path(args)), **summary.to_json()})
+        return EXIT_OK
+    files = summary.files
+    print(
+        f"repository {repo_path(args)} (id {summary.repo_id}, encryption {summary.encryption}, "
+        f"block size {human_size(summary.block_size)})"
+    )
+    print(
+        f"size on disk:  {human_size(summary.total_bytes)} in {files['data'].files} packs, "
+        f"{files['index'].files} index files, {files['points'].files} points"
+    )
+    print(
+        f"data:          {summary.data_blobs} distinct blocks, {human_size(summary.data_raw_bytes)} raw, "
+        f"{human_size(summary.data_stored_bytes)} stored (compression {_ratio(summary.compression_ratio)})"
+    )
+    print(
+        f"points:        reference {human_size(summary.referenced_bytes)} of non-zero data "
+        f"(deduplication {_ratio(summary.dedup_ratio)}); restoring all would write "
+        f"{human_size(summary.restore_bytes)}"
+    )
+    print(f"tree nodes:    {summary.tree_blobs}, {human_size(summary.tree_stored_bytes)}")
+    if summary.chains:
+        print()
+        rows = [
+            [
+                c.vm,
+                c.source_type,
+                str(c.points),
+                format_time(c.oldest)[:19].replace("T", " "),
+                format_time(c.newest)[:19].replace("T", " "),
+                c.newest_id[:12],
+            ]
+            for c in summary.chains
+        ]
+        print_table(["VM", "SOURCE", "POINTS", "OLDEST (UTC)", "NEWEST (UTC)", "NEWEST ID"], rows, right={2})
+    return EXIT_OK
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def cmd_points(args: argparse.Namespace) -> int:
     from vmkeep.repository.stats import unique_sizes
 
     with open_repository(args) as repo, repo.read_lock("points"):
         points = repo.points(args.vm)
-        sizes = unique_sizes(repo, repo.points()) if args.sizes else {}
+        if args.sizes:
+            every = repo.points()
+            with count_progress("points --sizes", len(every), "points", quiet=args.json) as on_point:
+                sizes = unique_sizes(repo, every, on_point)
+        else:
+            sizes = {}
     if args.json:
         docs: list[dict[str, Any]] = []
         for p in points:
@@ -360,8 +430,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from vmkeep.repository.gc import MaxUnused, collect_garbage
 
     max_unused = parse_max_unused(args.max_unused) if args.max_unused is not None else MaxUnused()
-    with open_repository(args) as repo:
-        report = collect_garbage(repo, dry_run=args.dry_run, max_unused=max_unused)
+    with open_repository(args) as repo, byte_progress("gc: repacking", 0, quiet=args.json or args.dry_run) as bar:
+
+        def on_repack(nbytes: int, total: int) -> None:
+            bar.set_total(total)
+            bar(nbytes)
+
+        report = collect_garbage(repo, dry_run=args.dry_run, max_unused=max_unused, on_repack=on_repack)
     if args.json:
         print_json(report.to_json())
         return EXIT_OK
@@ -401,7 +476,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.point is not None or args.name is not None:
         raise ConfigError("--point and --name go with --against-source IMAGE")
     with open_repository(args) as repo:
-        report = verify(repo, read_data=args.read_data, lock=not args.no_lock)
+        total = sum(f.size for f in repo.backend.list(PACK_DIR)) if args.read_data else 0
+        with byte_progress("verify --read-data", total, quiet=args.json or not args.read_data) as on_pack:
+            report = verify(repo, read_data=args.read_data, on_pack=on_pack, lock=not args.no_lock)
     if args.json:
         print_json(vars(report) | {"ok": report.ok})
     else:
@@ -443,7 +520,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
     from vmkeep.repository.repair import repair
 
     with open_repository(args) as repo:
-        report = repair(repo)
+        total = sum(f.size for f in repo.backend.list(PACK_DIR))
+        with byte_progress("repair: reading packs", total, quiet=args.json) as on_pack:
+            report = repair(repo, on_pack)
     if args.json:
         print_json(vars(report) | {"complete": report.complete})
         return EXIT_OK if report.complete else EXIT_DAMAGED

@@ -20,9 +20,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="restore a recovery point",
         description="Restore a recovery point. With --to-dir, write one sparse raw image per disk "
         "(named VM-KEY.img); existing files are never overwritten. POINT is an id, a unique prefix of one, "
-        "'latest' or 'latest:VM'.",
+        "'latest:VM' (the newest point of VM), or 'latest' when all points are of one VM.",
     )
-    p.add_argument("point", metavar="POINT", help="recovery point id or unique prefix, 'latest' or 'latest:VM'")
+    p.add_argument("point", metavar="POINT", help="recovery point id or unique prefix, 'latest:VM' or 'latest'")
     repo_options(p)
     p.add_argument("--to-dir", type=Path, metavar="DIR", help="write raw disk images into DIR")
     host = p.add_argument_group(
@@ -67,8 +67,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"point": point.id, "vm": point.vm, "disks": [vars(d) for d in disks]})
     else:
+        names = {d.key: d.name for d in point.disks}
         for d in disks:
-            print(f"restored {point.vm} disk {d.key} ({human_size(d.size)}) to {d.path}")
+            print(f"restored {point.vm} {names[d.key]} ({human_size(d.size)}) to {d.path}")
     return EXIT_OK
 
 
@@ -78,8 +79,9 @@ def restore_to_host(args: argparse.Namespace) -> int:
 
     from .vsphere import settings_from
 
-    if not args.datastore or not args.user:
-        raise ConfigError("--to-host needs --user and --datastore")
+    missing = [option for option, value in (("--user", args.user), ("--datastore", args.datastore)) if not value]
+    if missing:
+        raise ConfigError(f"--to-host needs {' and '.join(missing)}")
     network_map = {}
     for item in args.network:
         old, sep, new = item.partition("=")
@@ -119,9 +121,10 @@ def restore_to_host(args: argparse.Namespace) -> int:
         )
     else:
         print(f"restored {point.vm} ({point.short_id}) to {args.server} as VM {restored.name} ({restored.moref})")
+        names = {d.key: d.name for d in point.disks}
         for d in restored.disks:
             print(
-                f"  disk {d['key']}: {human_size(d['size'])} uploaded to {d['file']}"
+                f"  {names.get(d['key'], 'disk ' + d['key'])}: {human_size(d['size'])} uploaded to {d['file']}"
                 + (", verified" if target.verify else "")
             )
     return EXIT_OK

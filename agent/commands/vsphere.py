@@ -124,7 +124,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def cmd_store_password(args: argparse.Namespace) -> int:
-    import getpass
     import sys
 
     if args.delete:
@@ -132,7 +131,7 @@ def cmd_store_password(args: argparse.Namespace) -> int:
         print(f"removed the password of {args.user}@{args.server} from the keyring")
         return EXIT_OK
     if sys.stdin.isatty():
-        secret = getpass.getpass(f"password for {args.user}@{args.server}: ")
+        secret = secrets.prompt_secret(f"password for {args.user}@{args.server}: ")
     else:
         secret = sys.stdin.readline().rstrip("\r\n")
     if not secret:

@@ -137,7 +137,10 @@ class _BackupJob:
         session, repo = self.session, self.repo
         block_size = repo.config.block_size
         plan = plan_disk(session, disk, self.previous, block_size, force_full=self.full_reason)
-        record = DiskRecord(key=disk.key, capacity=disk.capacity, tree="", change_token=disk.change_token)
+        record = DiskRecord(
+            key=disk.key, capacity=disk.capacity, tree="", label=disk.label, change_token=disk.change_token
+        )
+        name = record.name
         record.identity = dict(disk.identity)
 
         prev_leaves: list[bytes] | None = None
@@ -148,7 +151,7 @@ class _BackupJob:
             except CorruptRepository as exc:
                 damage = f"the previous point's block list is damaged ({exc}); reading in full to heal it"
             if damage is not None:
-                self.progress.warn(f"{session.vm_name} disk {disk.key}: {damage}")
+                self.progress.warn(f"{session.vm_name} {name}: {damage}")
                 plan = plan_disk(session, disk, self.previous, block_size, force_full=damage)
                 prev_leaves = None
         if plan.previous is not None and prev_leaves is not None:
@@ -163,18 +166,18 @@ class _BackupJob:
             )
             if mismatch is not None:
                 # Change tracking lied: its allocation map ('*') cannot be trusted either.
-                self.progress.warn(f"{session.vm_name} disk {disk.key}: {mismatch}; reading every block")
+                self.progress.warn(f"{session.vm_name} {name}: {mismatch}; reading every block")
                 plan = plan_disk(session, disk, self.previous, block_size, force_full=mismatch, use_allocation=False)
                 prev_leaves = None
         elif plan.from_allocation:
             wrong_map = check_unallocated_blocks(session, plan, block_size, record, self.options.workers)
             if wrong_map is not None:
-                self.progress.warn(f"{session.vm_name} disk {disk.key}: {wrong_map}")
+                self.progress.warn(f"{session.vm_name} {name}: {wrong_map}")
                 plan = plan_disk(session, disk, self.previous, block_size, force_full=plan.reason, use_allocation=False)
 
         record.mode, record.reason = plan.mode, plan.reason
         total = sum(min(r.stop * block_size, disk.capacity) - r.start * block_size for r in plan.runs)
-        self.progress.disk_started(session.vm_name, disk.key, total, plan.mode, plan.reason)
+        self.progress.disk_started(session.vm_name, name, total, plan.mode, plan.reason)
         tree = _TreeBuilder(repo, self.writer, repo.geometry(disk.capacity), prev_leaves)
         workers = self.options.workers
         for result in ordered_map(lambda i: self._process(disk, i), plan.blocks(), workers, 4 * workers):
@@ -189,7 +192,7 @@ class _BackupJob:
             tree.set(result.index, result.blob_id)
             self.progress.advance(result.length)
         record.tree = tree.finish().hex()
-        self.progress.disk_finished(disk.key)
+        self.progress.disk_finished(name)
         return record
 
     def _process(self, disk: DiskInfo, index: int) -> _BlockResult:

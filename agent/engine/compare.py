@@ -68,9 +68,9 @@ def compare_with_source(
         source = sources.get(record.key)
         result = DiskComparison(record.key, record.capacity, source.capacity if source is not None else None)
         if source is not None and source.capacity == record.capacity:
-            progress.disk_started(point.vm, record.key, record.capacity, "compare", None)
+            progress.disk_started(point.vm, record.name, record.capacity, "compare", None)
             _compare_disk(repo, record, session, source, workers=workers, result=result, progress=progress)
-            progress.disk_finished(record.key)
+            progress.disk_finished(record.name)
         disks.append(result)
     recorded = {d.key for d in point.disks}
     return Comparison(point, repo.config.block_size, disks, sorted(k for k in sources if k not in recorded))

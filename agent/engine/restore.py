@@ -191,22 +191,40 @@ def _discard(path: Path, fd: int, direct: int | None) -> None:
 def restore_point_to_dir(
     repo: Repository, point: RecoveryPoint, directory: Path, workers: int, progress: Progress | None = None
 ) -> list[RestoredDisk]:
-    """One sparse raw image per disk, named ``<vm>-<disk key>.img``, in ``directory``."""
+    """One sparse raw image per disk, named ``<vm>-<disk>.img`` (``restored_file_names``), in ``directory``."""
     progress = progress or Progress()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RestoreTargetError(f"cannot create {directory}: {exc.strerror}") from None
-    targets = [(disk, directory / f"{safe_name(point.vm)}-{safe_name(disk.key)}.img") for disk in point.disks]
+    targets = [(disk, directory / name) for disk, name in zip(point.disks, restored_file_names(point), strict=True)]
     for _disk, target in targets:
         if target.exists():
             raise RestoreTargetError(f"{target} exists already; vmkeep never overwrites a file on restore")
     restored = []
     for disk, target in targets:
-        progress.disk_started(point.vm, disk.key, disk.capacity, "restore", None)
+        progress.disk_started(point.vm, disk.name, disk.capacity, "restore", None)
         restored.append(restore_disk_to_file(repo, disk, target, workers, progress))
-        progress.disk_finished(disk.key)
+        progress.disk_finished(disk.name)
     return restored
+
+
+def restored_file_names(point: RecoveryPoint) -> list[str]:
+    """``web01-hard-disk-1.img`` for a disk labelled "Hard disk 1", ``web01-2000.img`` for one without.
+
+    Keys are unique within a VM and labels should be: if two labels give the same name, every disk
+    of the point is named after its key instead.
+    """
+    vm = safe_name(point.vm)
+    by_label = [f"{vm}-{slug(d.label)}.img" if d.label and slug(d.label) else "" for d in point.disks]
+    if all(by_label) and len(set(by_label)) == len(by_label):
+        return by_label
+    return [f"{vm}-{safe_name(d.key)}.img" for d in point.disks]
+
+
+def slug(text: str) -> str:
+    """Lower case, runs of anything but letters and digits as one hyphen: "Hard disk 1" -> "hard-disk-1"."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def safe_name(text: str) -> str:

@@ -39,7 +39,7 @@ def check_unchanged_blocks(
 ) -> str | None:
     """Return why the change list cannot be trusted, or None if the sample matched.
 
-    Bytes re-read are added to ``record.read_bytes``.
+    Bytes re-read are added to ``record.read_bytes`` and ``record.sanity_bytes``.
     """
     disk = plan.disk
     geometry = repo.geometry(disk.capacity)
@@ -64,6 +64,7 @@ def check_unchanged_blocks(
         expected = leaf_cache[leaf][block - leaf * geometry.fanout]
         offset = block * block_size
         record.read_bytes += nbytes
+        record.sanity_bytes += nbytes
         if actual != expected:
             return (
                 f"change tracking reported block {block} (offset {offset}) unchanged, but it differs "
@@ -110,6 +111,7 @@ def check_unallocated_blocks(
     ):
         offset = block * block_size
         record.read_bytes += nbytes
+        record.sanity_bytes += nbytes
         if not zero:
             return (
                 f"the allocation map calls block {block} (offset {offset}) unused, but it holds data; "

@@ -37,7 +37,7 @@ class ImageSession(BackupSession):
         self._disk = DiskInfo(
             key=DISK_KEY,
             capacity=capacity,
-            label=path.name,
+            # No label: the image's path is in the point's source, and its restore is VM-disk0.img.
             identity={"path": str(path.resolve())},
         )
 

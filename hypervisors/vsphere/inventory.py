@@ -28,7 +28,7 @@ PROPERTIES = [
 
 @dataclass(frozen=True)
 class DiskSummary:
-    key: int
+    key: str  # the device key, as a string like the key of a point's disk record
     label: str
     capacity: int
     file: str
@@ -155,7 +155,10 @@ def _summary(obj: Any, folders: dict[str, str] | None = None) -> VmSummary:
     devices = props.get("config.hardware.device") or []
     disks = [
         DiskSummary(
-            d.key, d.deviceInfo.label if d.deviceInfo else str(d.key), _capacity(d), getattr(d.backing, "fileName", "")
+            str(d.key),
+            d.deviceInfo.label if d.deviceInfo else str(d.key),
+            _capacity(d),
+            getattr(d.backing, "fileName", ""),
         )
         for d in devices
         if isinstance(d, vim.vm.device.VirtualDisk)

@@ -298,7 +298,7 @@ def _check_created(command: Command, start: Start, repo: Path, history: History)
     if (repo / "config").exists():
         problems = _verify(repo)
         again = run_vmkeep(*command.argv(start, repo))
-        if again.code != 1 or "already holds a repository" not in again.err:
+        if again.code != 2 or "already holds a repository" not in again.err:
             problems.append(Problem(Harm.OTHER, f"init over the repository it made: exit {again.code}, {again.err}"))
     else:
         again = run_vmkeep(*command.argv(start, repo))

@@ -94,7 +94,7 @@ def test_ambiguous_prefix_is_refused(repo_path: Path) -> None:
         (repo_path / "points" / ("ab" * 31 + "c" + suffix)).write_bytes(b"junk")
     result = run_vmkeep("forget", "abab", "--repo", repo_path)
     assert_one_line_error(result, "matches 2 recovery points")
-    assert result.code == 1
+    assert result.code == 2
     damaged = run_vmkeep("forget", "ab" * 31 + "c0", "--repo", repo_path)
     assert damaged.code == 0, damaged.err
     assert "damaged" in damaged.out
