@@ -7,7 +7,6 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from vmkeep.hypervisors.base import BackupSession
 from vmkeep.hypervisors.image.session import ImageSession
@@ -116,18 +115,25 @@ def cmd_backup_image(args: argparse.Namespace) -> int:
             [BackupTask("backup-image", vm, str(args.image), repo.location, options_from(args))], resources
         )
     assert result.point is not None
-    report([result.point], args.json)
+    if args.json:
+        print_results([result])
+    else:
+        report([result.point])
     return EXIT_OK
 
 
-def point_report(point: RecoveryPoint) -> dict[str, Any]:
-    return point.summary_json()
+def print_results(results: list[VmResult]) -> None:
+    """The --json document of every backup command: the points committed, the failures, each VM's result."""
+    print_json(
+        {
+            "points": [r.point.summary_json() for r in results if r.point is not None],
+            "failures": [{"vm": r.vm, "error": r.error} for r in results if r.error is not None],
+            "results": [r.to_json() for r in results],
+        }
+    )
 
 
-def report(points: list[RecoveryPoint], as_json: bool) -> None:
-    if as_json:
-        print_json(point_report(points[0]) if len(points) == 1 else [point_report(p) for p in points])
-        return
+def report(points: list[RecoveryPoint]) -> None:
     for point in points:
         read = sum(d.read_bytes for d in point.disks)
         print(

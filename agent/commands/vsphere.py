@@ -16,7 +16,7 @@ from .. import secrets
 from ..engine.jobs import BackupTask, RetryPolicy
 from ..exceptions import ConfigError
 from ..output import human_size, print_json, print_table
-from .backup import CliResources, backup_options, options_from, report, run_cli_tasks
+from .backup import CliResources, backup_options, options_from, print_results, report, run_cli_tasks
 from .common import EXIT_FAILURE, EXIT_OK, json_option, open_repository, repo_options
 
 if TYPE_CHECKING:
@@ -183,16 +183,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     points = [r.point for r in results if r.point is not None]
     failures = [{"vm": r.vm, "error": r.error} for r in results if r.error is not None]
     if args.json:
-        print_json(
-            {
-                "points": [p.summary_json() for p in points],
-                "failures": failures,
-                "results": [r.to_json() for r in results],
-            }
-        )
+        print_results(results)
     else:
         if points:
-            report(points, as_json=False)
+            report(points)
         if len(vms) == 1 and failures:  # the point is committed, but its snapshot stayed behind
             raise SnapshotError(failures[0]["error"])
         for failure in failures:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.images import Change, make_image, mutate, write_hints
-from tests.fixtures.repos import assert_one_line_error, run_vmkeep
+from tests.fixtures.repos import assert_one_line_error, backed_up, run_vmkeep
 
 
 @pytest.fixture
@@ -40,7 +40,10 @@ def test_points_and_restore_json_contract(cli_repo: Path, tmp_path: Path) -> Non
         [disk] = p["disks"]
         assert disk["key"] == "disk0" and disk["capacity"] == 1_000_000
         assert {"read_bytes", "new_bytes"} <= disk.keys()
-    assert points[0]["id"] == json.loads(first.out)["id"]
+    assert points[0]["id"] == backed_up(first)["id"]
+    # One --json shape for every backup command: backup (vSphere) prints the same three keys.
+    doc = json.loads(first.out)
+    assert set(doc) == {"points", "failures", "results"} and doc["results"][0]["status"] == "succeeded"
     assert points[1]["disks"][0]["read_bytes"] < points[0]["disks"][0]["read_bytes"]
 
     out = tmp_path / "out"

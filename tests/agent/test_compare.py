@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.images import Change, write_hints
-from tests.fixtures.repos import assert_one_line_error, run_vmkeep
+from tests.fixtures.repos import assert_one_line_error, backed_up, run_vmkeep
 
 BLOCK = 64 * 1024
 BLOCKS = 64
@@ -61,7 +61,7 @@ def test_a_missed_block_is_stored_wrong_and_the_comparison_finds_exactly_it(repo
     # this test is about what happens when it does not.
     incremental = run_vmkeep("backup-image", image, "--repo", repo, "--hints", hints, "--sanity-blocks", "0", "--json")
     assert incremental.code == 0, incremental.err
-    assert json.loads(incremental.out)["disks"][0]["mode"] == "incremental"
+    assert backed_up(incremental)["disks"][0]["mode"] == "incremental"
 
     # The incremental is wrong: its restore differs from the image in exactly block 31.
     out = tmp_path / "out"
@@ -75,7 +75,7 @@ def test_a_missed_block_is_stored_wrong_and_the_comparison_finds_exactly_it(repo
 
     code, doc = compare(repo, image)
     assert code == 3 and doc["identical"] is False
-    assert doc["point"] == json.loads(incremental.out)["id"]
+    assert doc["point"] == backed_up(incremental)["id"]
     [disk] = doc["disks"]  # type: ignore[misc]
     assert disk["blocks"] == BLOCKS and disk["bytes_read"] == BLOCKS * BLOCK
     assert disk["differing_blocks"] == 1 and disk["first_differences"] == [31 * BLOCK]
@@ -85,7 +85,7 @@ def test_a_missed_block_is_stored_wrong_and_the_comparison_finds_exactly_it(repo
     assert f"1 of {BLOCKS} blocks of 64.0 KiB differ, at byte offsets {31 * BLOCK}" in text.out
 
     # The first point differs in both changed blocks, the stored one and the zero one.
-    code, doc = compare(repo, image, "--point", json.loads(full.out)["id"][:12])
+    code, doc = compare(repo, image, "--point", backed_up(full)["id"][:12])
     assert code == 3 and doc["disks"][0]["first_differences"] == [10 * BLOCK, 31 * BLOCK]  # type: ignore[index]
 
     # What proves a chain: an active full, after which the comparison is clean.
@@ -119,7 +119,7 @@ def test_full_every_makes_images_read_in_full_periodically(repo: Path, tmp_path:
     for _ in range(3):
         result = run_vmkeep("backup-image", image, "--repo", repo, "--hints", hints, "--full-every", "2", "--json")
         assert result.code == 0, result.err
-        disk = json.loads(result.out)["disks"][0]
+        disk = backed_up(result)["disks"][0]
         kinds.append(disk["mode"])
         reasons.append(disk["reason"] or "")
     assert kinds == ["full", "incremental", "full"]

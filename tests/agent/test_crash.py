@@ -71,7 +71,7 @@ def test_sigkill_at_many_moments_never_damages_the_repository(repo_path: Path, t
     out, err = proc.communicate(timeout=300)
     duration = time.monotonic() - started
     assert proc.returncode == 0, err
-    content[json.loads(out)["id"]] = image.read_bytes()
+    content[json.loads(out)["points"][0]["id"]] = image.read_bytes()
 
     killed_mid_job = 0
     left_garbage = 0

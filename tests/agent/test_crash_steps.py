@@ -43,7 +43,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.images import make_image, mutate, write_hints
-from tests.fixtures.repos import run_vmkeep, small_config
+from tests.fixtures.repos import backed_up, run_vmkeep, small_config
 from vmkeep.agent.engine.restore import iter_disk_stream
 from vmkeep.repository.exceptions import RepositoryError
 from vmkeep.repository.faults import KILL_AT_VARIABLE, STEP_LOG_VARIABLE, Op, Phase
@@ -357,7 +357,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
             args += ["--hints", write_hints(work / f"h{n}.json", mutate(image, 4, seed=40 + n, max_len=300_000))]
         result = run_vmkeep(*args)
         assert result.code == 0, result.err
-        points[json.loads(result.out)["id"]] = image.read_bytes()
+        points[backed_up(result)["id"]] = image.read_bytes()
     return History(repo, image, points)
 
 

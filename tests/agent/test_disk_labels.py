@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.fixtures.images import make_image, mutate, write_hints
-from tests.fixtures.repos import run_vmkeep
+from tests.fixtures.repos import backed_up, run_vmkeep
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere import VM, cli_connection, disk_bytes, run_cli
 from vmkeep.agent.engine.restore import restored_file_names
@@ -67,13 +67,13 @@ def test_the_sanity_sample_is_shown_apart_from_what_was_read(tmp_path: Path) -> 
     assert run_vmkeep("init", repo, "--block-size", "64K").code == 0
     image = make_image(tmp_path / "web01.img", 64 * BLOCK, seed=3)
     full = run_vmkeep("backup-image", image, "--name", "web01", "--repo", repo, "--json")
-    [first] = json.loads(full.out)["disks"]
+    [first] = backed_up(full)["disks"]
     # A full read of a sparse image reads what is allocated, plus a sample of the holes (must be zeros).
     assert first["read_bytes"] == first["changed_blocks"] * BLOCK + first["sanity_bytes"]
     hints = write_hints(tmp_path / "hints.json", mutate(image, 2, seed=4, max_len=1000))
     args = ("backup-image", image, "--name", "web01", "--repo", repo, "--hints", hints)
     incremental = run_vmkeep(*args, "--json")
-    [second] = json.loads(incremental.out)["disks"]
+    [second] = backed_up(incremental)["disks"]
     assert second["mode"] == "incremental"
     assert second["sanity_bytes"] == 8 * BLOCK  # the default sample: 8 unchanged blocks re-read
     assert second["read_bytes"] == second["changed_blocks"] * BLOCK + second["sanity_bytes"]

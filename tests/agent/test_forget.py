@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 from tests.fixtures.images import make_image, mutate
-from tests.fixtures.repos import assert_one_line_error, run_vmkeep
+from tests.fixtures.repos import assert_one_line_error, backed_up, run_vmkeep
 
 
 def _backup(repo: Path, image: Path, name: str) -> str:
     result = run_vmkeep("backup-image", image, "--repo", repo, "--name", name, "--json")
     assert result.code == 0, result.err
-    point_id: str = json.loads(result.out)["id"]
+    point_id: str = backed_up(result)["id"]
     return point_id
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.images import make_image
-from tests.fixtures.repos import assert_one_line_error, run_vmkeep
+from tests.fixtures.repos import assert_one_line_error, backed_up, run_vmkeep
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_backup_onto_a_full_disk_fails_cleanly(small_fs: Path, tmp_path: Path) -
     small = make_image(tmp_path / "small.img", 1_000_000, seed=1)
     first = run_vmkeep("backup-image", small, "--repo", repo, "--json")
     assert first.code == 0, first.err
-    first_id = json.loads(first.out)["id"]
+    first_id = backed_up(first)["id"]
 
     big = tmp_path / "big.img"
     big.write_bytes(os.urandom(12 * 1024 * 1024))  # random: does not compress, cannot fit

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.images import make_image
-from tests.fixtures.repos import assert_one_line_error, run_vmkeep
+from tests.fixtures.repos import assert_one_line_error, backed_up, run_vmkeep
 from vmkeep.agent.engine.backup import BackupOptions, backup_vm
 from vmkeep.hypervisors.image.session import ImageSession
 from vmkeep.repository.format import FRAME_HEADER_SIZE, BlobType
@@ -201,7 +201,7 @@ def test_damage_is_recorded_and_the_next_backup_heals_it(
         args += ["--hints", tmp_path / "none.json"]
     result = run_vmkeep(*args)
     assert result.code == 0, result.err
-    second = json.loads(result.out)
+    second = backed_up(result)
     assert second["disks"][0]["mode"] == "full"
     assert "damaged" in second["disks"][0]["reason"] or not incremental
 
@@ -234,7 +234,7 @@ def test_repair_says_which_points_stay_damaged_until_a_backup_heals_them(repo_pa
     (tmp_path / "none.json").write_text("[]")
     healed = run_vmkeep("backup-image", a, "--repo", repo_path, "--hints", tmp_path / "none.json", "--json")
     assert healed.code == 0, healed.err
-    assert json.loads(healed.out)["disks"][0]["mode"] == "full"
+    assert backed_up(healed)["disks"][0]["mode"] == "full"
     assert _restored(repo_path, point_a.id, tmp_path) == a.read_bytes()
     assert run_vmkeep("repair", "--repo", repo_path).code == 0
     assert _verify(repo_path)[0] == 0
@@ -298,4 +298,4 @@ def test_one_damaged_point_file_costs_only_that_point(repo_path: Path, tmp_path:
     # A new backup of a is a full read (its chain's last readable point is gone) and restores.
     again = run_vmkeep("backup-image", a, "--repo", repo_path, "--json")
     assert again.code == 0, again.err
-    assert _restored(repo_path, json.loads(again.out)["id"], tmp_path) == a.read_bytes()
+    assert _restored(repo_path, backed_up(again)["id"], tmp_path) == a.read_bytes()

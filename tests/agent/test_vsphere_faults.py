@@ -152,6 +152,7 @@ def test_one_vm_failing_does_not_stop_the_others(vcsim: Vcsim, cli_repo: Path) -
     result = run_cli(vcsim, "backup", *cli_connection(vcsim), "--vm", "ghost", "--vm", VM, "--repo", cli_repo, "--json")
     assert result.code == 1
     doc = json.loads(result.out)
+    assert set(doc) == {"points", "failures", "results"}  # the shape backup-image prints too
     assert [p["vm"] for p in doc["points"]] == [VM]
     assert doc["failures"] == [{"vm": "ghost", "error": f"no VM named 'ghost' on {vcsim.host}"}]
 

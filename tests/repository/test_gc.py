@@ -11,7 +11,7 @@ import pytest
 
 import vmkeep.repository.gc as gc_module
 from tests.fixtures.images import make_image, mutate, write_hints
-from tests.fixtures.repos import assert_one_line_error, run_vmkeep
+from tests.fixtures.repos import assert_one_line_error, backed_up, run_vmkeep
 from vmkeep.repository.backend import LocalBackend
 from vmkeep.repository.exceptions import RepositoryFull, RepositoryLocked
 from vmkeep.repository.gc import collect_garbage
@@ -29,7 +29,7 @@ def _backups(repo_path: Path, tmp_path: Path, rounds: int) -> list[tuple[str, by
             args += ["--hints", write_hints(tmp_path / f"h{n}.json", mutate(image, 4, seed=40 + n, max_len=300_000))]
         result = run_vmkeep(*args)
         assert result.code == 0, result.err
-        out.append((json.loads(result.out)["id"], image.read_bytes()))
+        out.append((backed_up(result)["id"], image.read_bytes()))
     return out
 
 
