@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             message = _message(exc)
         _error(message)
-        if getattr(args, "json", False):
+        if getattr(args, "json", False) and not getattr(exc, "json_reported", False):
             print_json({"error": message, "code": status})
         return status
     finally:

@@ -63,7 +63,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         else:
             for problem in exc.problems:
                 sys.stderr.write(f"  {problem}\n")
-        raise InvalidConfig(path, [f"{len(exc.problems)} problem(s), the first: {exc.problems[0]}"]) from None
+        error = InvalidConfig(path, [f"{len(exc.problems)} problem(s), the first: {exc.problems[0]}"])
+        error.json_reported = args.json  # its --json document is the one above: one document on stdout
+        raise error from None
     checks: list[dict[str, Any]] = []
     if not args.offline:
         checks = [*_check_sources(cfg), *_check_repositories(cfg)]
@@ -76,7 +78,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         c = cfg.config
         print(f"{path}: {len(c.sources)} source(s), {len(c.repositories)} repository(ies), {len(c.jobs)} job(s)")
     if problems:
-        raise ConfigError(f"{path}: " + "; ".join(problems))
+        failed = ConfigError(f"{path}: " + "; ".join(problems))
+        failed.json_reported = args.json
+        raise failed
     return EXIT_OK
 
 
