@@ -104,7 +104,7 @@ def test_sigkill_at_many_moments_never_damages_the_repository(repo_path: Path, t
     proc = _start_backup(image, repo_path)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert _restore(repo_path, json.loads(out)["id"], tmp_path / "next") == image.read_bytes()
+    assert _restore(repo_path, json.loads(out)["points"][0]["id"], tmp_path / "next") == image.read_bytes()
     assert run_vmkeep("gc", "--repo", repo_path).code == 0
     check = run_vmkeep("verify", "--repo", repo_path, "--read-data", "--json")
     assert check.code == 0 and json.loads(check.out)["warnings"] == []
