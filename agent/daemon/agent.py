@@ -61,7 +61,10 @@ class Agent:
         self.token = cancel.root().child("agent")
         self._guard = threading.Lock()
         self._wake = threading.Event()
-        self._reload = threading.Event()
+        # Set by the signal handlers, which take no lock: a handler runs on the main thread between
+        # two bytecodes, possibly while that thread holds the very lock (an Event's) it would take.
+        self._reload_requested = False
+        self._stop_requested: str | None = None
         self._stopping = False
         self._running: dict[str, threading.Thread] = {}  # job -> its run's thread
         self._running_vms: dict[str, set[str]] = {}
@@ -100,11 +103,14 @@ class Agent:
             )
             notify(f"READY=1\nSTATUS=running {len(self.cfg.config.jobs)} job(s)")
             while not self._stopping:
-                if self._reload.is_set():
-                    self._reload.clear()
+                if self._stop_requested is not None:
+                    self.stop(self._stop_requested)
+                    break
+                if self._reload_requested:
+                    self._reload_requested = False
                     self.reload()
                 self._tick(now())
-                self._wake.wait(self._sleep_time(now()))
+                self._wake.wait(self._sleep_time(now()))  # at most a tick: signals are seen within one
                 self._wake.clear()
             return 0
         finally:
@@ -304,9 +310,9 @@ class Agent:
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         reason = f"received {signal.Signals(signum).name}"
-        if self._stopping:
+        if self._stopping or self._stop_requested is not None:
             raise Interrupted(f"{reason} again: stopping at once")
-        self.stop(reason)
+        self._stop_requested = reason  # the loop stops within a tick; a handler takes no lock
 
     def stop(self, reason: str) -> None:
         self._stopping = True
@@ -316,8 +322,7 @@ class Agent:
         self._wake.set()
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self._reload.set()
-        self._wake.set()
+        self._reload_requested = True  # the loop reloads within a tick; a handler takes no lock
 
     def reload(self) -> bool:
         """Re-read the job file; keep the current one if the new one is invalid."""

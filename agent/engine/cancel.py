@@ -23,9 +23,13 @@ class CancelToken:
 
     def __init__(self, parent: CancelToken | None = None, name: str = "") -> None:
         self.name = name
-        self._event = threading.Event()
+        self._cancelled = False
         self._reason = ""
-        self._guard = threading.Lock()
+        # Signal handlers cancel tokens on the main thread, between two bytecodes, possibly while
+        # that thread holds this very lock (in wait() or child()). A plain Lock, or an Event (whose
+        # lock is plain), would deadlock there; a reentrant lock lets the handler through.
+        self._guard = threading.RLock()
+        self._changed = threading.Condition(self._guard)
         self._children: weakref.WeakSet[CancelToken] = weakref.WeakSet()
         if parent is not None:
             with parent._guard:
@@ -40,7 +44,7 @@ class CancelToken:
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._cancelled
 
     @property
     def reason(self) -> str:
@@ -49,21 +53,25 @@ class CancelToken:
     def cancel(self, reason: str) -> None:
         """Cancel this token and every token below it; a second call keeps the first reason."""
         with self._guard:
-            if not self._event.is_set():
+            if not self._cancelled:
                 self._reason = reason
-                self._event.set()
+                self._cancelled = True
+                self._changed.notify_all()
             children = list(self._children)
         for child in children:
             child.cancel(reason)
 
     def check(self) -> None:
         """Raise Interrupted if this token was cancelled."""
-        if self._event.is_set():
+        if self._cancelled:
             raise Interrupted(self._reason)
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True (early) if the token was cancelled meanwhile."""
-        return self._event.wait(seconds)
+        with self._changed:
+            if not self._cancelled:
+                self._changed.wait(seconds)
+            return self._cancelled
 
 
 _root = [CancelToken(name="process")]
