@@ -16,7 +16,7 @@ from typing import Any
 from .exceptions import CorruptRepository
 from .format import FORMAT
 from .keys import Encryption
-from .validate import hex_id, json_object, typed
+from .validate import hex_id, json_document, typed
 
 CONFIG_FILE = "config"
 _REPO_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -92,12 +92,7 @@ class RepoConfig:
         As for every versioned record, fields this version does not know are ignored; a wrong
         type, a missing field, a value out of range or another format version is damage.
         """
-        try:
-            doc = json_object(content)
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise CorruptRepository(f"{where}: not JSON ({exc})") from None
-        except TypeError as exc:
-            raise CorruptRepository(f"{where}: {exc}") from None
+        doc = json_document(content, where)
         try:
             version = typed(doc, "vmkeep_repository", int)
             if version != FORMAT.VERSION:

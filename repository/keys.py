@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from .backend import Backend
 from .exceptions import CorruptRepository, PassphraseRequired, RepositoryError, WrongPassphrase
 from .format import FORMAT
-from .validate import hex_id, json_object, obj, typed
+from .validate import hex_id, json_document, json_object, obj, typed
 
 KEYS_FILE = "keys"
 KEYS_COPY_FILE = "keyscopy"  # the second copy (the backend's top-level names are letters only)
@@ -201,12 +201,7 @@ class KeysDocument:
         type, a missing field or an unknown version is damage. From version 2 the checksum is
         checked first, so any damage is reported as such, whatever field it hit.
         """
-        try:
-            doc = json_object(content)
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise CorruptRepository(f"{where}: not JSON ({exc})") from None
-        except TypeError as exc:
-            raise CorruptRepository(f"{where}: {exc}") from None
+        doc = json_document(content, where)
         try:
             version = typed(doc, "version", int)
             if version not in (1, 2):

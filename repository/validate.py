@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
+from .exceptions import CorruptRepository
+
 T = TypeVar("T")
 
 
@@ -18,6 +20,16 @@ def json_object(raw: bytes | str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise TypeError("not a JSON object")
     return doc
+
+
+def json_document(raw: bytes | str, where: str) -> dict[str, Any]:
+    """``json_object``, with a failure turned into CorruptRepository naming ``where``."""
+    try:
+        return json_object(raw)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise CorruptRepository(f"{where}: not JSON ({exc})") from None
+    except TypeError as exc:
+        raise CorruptRepository(f"{where}: {exc}") from None
 
 
 def versioned(raw: bytes | str, version: int, what: str) -> dict[str, Any]:

@@ -9,27 +9,20 @@ import errno
 import json
 import os
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.filesystems import mounted_tmpfs
 from tests.fixtures.images import make_image
 from tests.fixtures.repos import assert_one_line_error, backed_up, run_vmkeep
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "small", "8m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_backup_onto_a_full_disk_fails_cleanly(small_fs: Path, tmp_path: Path) -> None:

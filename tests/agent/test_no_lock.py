@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.filesystems import mounted_tmpfs
 from tests.fixtures.images import make_image
 from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 
@@ -82,15 +83,8 @@ def test_exclusive_operations_do_not_take_no_lock(backed_up: tuple[Path, Path]) 
 
 @pytest.fixture
 def full_fs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "small", "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_restore_and_verify_from_a_full_file_system(full_fs: Path, tmp_path: Path) -> None:
