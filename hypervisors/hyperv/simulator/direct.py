@@ -1,0 +1,52 @@
+"""Talking to the simulated host without a network: for unit tests of templates and the model.
+
+End-to-end tests go through WinRM and SMB; these stand-ins call the handler and read the
+VHDX files in place, so a test of the host model needs neither server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import HypervError
+from .host import SimHost
+
+
+class DirectRunner:
+    """A :class:`~vmkeep.hypervisors.hyperv.control.ScriptRunner` that calls ``SimHost.handle``."""
+
+    def __init__(self, host: SimHost) -> None:
+        self.host = host
+
+    def run(self, script_text: str, stdin: bytes | None = None) -> bytes:
+        result = self.host.handle(script_text, stdin or b"")
+        if result.exit_code != 0:
+            raise HypervError(f"the host refused the script: {result.stderr.decode(errors='replace').strip()}")
+        return result.stdout
+
+
+class LocalVhdx:
+    """A VHDX of the simulated host read in place with dissect.hypervisor."""
+
+    def __init__(self, path: Path) -> None:
+        from dissect.hypervisor.disk.vhdx import VHDX
+
+        self._file = path.open("rb")
+        self._stream: Any = VHDX(self._file)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self._stream.readoffset(offset, length))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class LocalOpener:
+    """Opens the host's VHDX files by their Windows paths, in place."""
+
+    def __init__(self, host: SimHost) -> None:
+        self.host = host
+
+    def __call__(self, windows_path: str) -> LocalVhdx:
+        return LocalVhdx(self.host.local_path(windows_path))
