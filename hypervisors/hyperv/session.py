@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..base import BackupSession, Changes, CommitState, DiskInfo, Extent, FullRead
 from .control import Consistency, FrozenDisk, HostControl, HostDisk, HostVm
 from .exceptions import CheckpointError, HostCallError, HypervError
+from .storage import HostStorage, StorageUnreachable, VirtualDisk
 
 if TYPE_CHECKING:
     from vmkeep.repository.points import RecoveryPoint
@@ -37,19 +37,6 @@ log = logging.getLogger(__name__)
 MAX_CHANGE_CALLS = 100_000  # GetVirtualDiskChanges calls per disk before the answer counts as broken
 WINRM_READ_CHUNK = 1024 * 1024  # bytes per read-disk call on the WinRM fallback
 DEFAULT_FALLBACK_LIMIT = 256 * 1024 * 1024  # most bytes per disk read through WinRM when SMB is unreachable
-
-
-class VirtualDisk(Protocol):
-    def read(self, offset: int, length: int) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
-DiskOpener = Callable[[str], VirtualDisk]  # a frozen VHDX's Windows path -> its virtual disk, readable
-
-
-class SmbUnreachable(HypervError):
-    """SMB cannot reach the host's storage (the WinRM fallback may take over for small reads)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +51,7 @@ class HypervSession(BackupSession):
         self,
         control: HostControl,
         vm_name: str,
-        opener: DiskOpener,
+        storage: HostStorage,
         *,
         quiesce: bool = True,
         fallback_limit: int = DEFAULT_FALLBACK_LIMIT,
@@ -72,7 +59,7 @@ class HypervSession(BackupSession):
         super().__init__()
         self.control = control
         self.vm_name = vm_name
-        self._opener = opener
+        self._storage = storage
         self._fallback_limit = fallback_limit
         self._snapshot: str | None = None
         self._new_reference_point: str | None = None
@@ -277,8 +264,8 @@ class HypervSession(BackupSession):
                 return None
             path = self._disks[disk.key].frozen.path
             try:
-                reader = self._opener(path)
-            except SmbUnreachable as exc:
+                reader = self._storage.open_disk(path)
+            except StorageUnreachable as exc:
                 planned = self._to_read.get(disk.key, disk.capacity)
                 if planned > self._fallback_limit:
                     raise HypervError(

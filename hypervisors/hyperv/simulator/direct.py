@@ -6,6 +6,8 @@ VHDX files in place, so a test of the host model needs neither server.
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +44,20 @@ class LocalVhdx:
         self._file.close()
 
 
-class LocalOpener:
-    """Opens the host's VHDX files by their Windows paths, in place."""
+class LocalStorage:
+    """:class:`~vmkeep.hypervisors.hyperv.storage.HostStorage` on the simulated host's files, in place."""
 
     def __init__(self, host: SimHost) -> None:
         self.host = host
 
-    def __call__(self, windows_path: str) -> LocalVhdx:
+    def open_disk(self, windows_path: str) -> LocalVhdx:
         return LocalVhdx(self.host.local_path(windows_path))
+
+    def upload(self, local: Path, windows_path: str, progress: Callable[[int], None] | None = None) -> None:
+        target = self.host.local_path(windows_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with local.open("rb") as src, target.open("xb") as dst:
+            shutil.copyfileobj(src, dst)
+
+    def remove(self, windows_path: str) -> None:
+        self.host.local_path(windows_path).unlink(missing_ok=True)

@@ -40,7 +40,7 @@ from enum import StrEnum
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
-from . import vhdx
+from .. import qemu
 from .rct import RctRefused, RctTracker
 
 # SHA-256 of each template's text (placeholder in place), per name and version. Written here
@@ -206,7 +206,7 @@ class SimHost:
             controller = "SCSI" if vm.generation == 2 else "IDE"
             location = max((d.location for d in vm.disks), default=-1) + 1
             path = f"{VM_ROOT}\\{vm.name}\\disk{len(vm.disks)}-{uuid.uuid4().hex[:8]}.vhdx"
-            vhdx.create(self.local_path(path), size)
+            qemu.create(self.local_path(path), size)
             disk = SimDisk(controller, 0, location, path, size, str(uuid.uuid4()).upper())
             vm.disks.append(disk)
             return disk
@@ -217,7 +217,7 @@ class SimHost:
             vm = self.vms[vm_name]
             old = vm.disks[index]
             path = f"{VM_ROOT}\\{vm.name}\\replaced{index}-{uuid.uuid4().hex[:8]}.vhdx"
-            vhdx.copy(self.local_path(old.child or old.path), self.local_path(path))
+            qemu.copy(self.local_path(old.child or old.path), self.local_path(path))
             new = SimDisk(old.controller, old.controller_number, old.location, path, old.capacity, str(uuid.uuid4()).upper())
             vm.disks[index] = new
             return new
@@ -228,14 +228,14 @@ class SimHost:
             d = self.vms[vm_name].disks[disk]
             if offset < 0 or offset + len(data) > d.capacity:
                 raise ValueError("a guest write beyond the disk")
-            vhdx.write(self.local_path(d.child or d.path), offset, data)
+            qemu.write(self.local_path(d.child or d.path), offset, data)
             d.rct.record(offset, len(data))
 
     def guest_view(self, vm_name: str, disk: int = 0) -> bytes:
         """The disk as the guest sees it now."""
         with self._lock:
             d = self.vms[vm_name].disks[disk]
-            return vhdx.read_all(self.local_path(d.child or d.path))
+            return qemu.read_all(self.local_path(d.child or d.path))
 
     def disk_file(self, vm_name: str, disk: int = 0) -> Path:
         """The disk's base VHDX (frozen while a checkpoint exists)."""
@@ -525,7 +525,7 @@ class SimHost:
         )
         for d in vm.disks:
             child = d.path[: -len(".vhdx")] + f"_{uuid.uuid4().hex[:8]}.avhdx"
-            vhdx.copy(self.local_path(d.path), self.local_path(child))
+            qemu.copy(self.local_path(d.path), self.local_path(child))
             d.child = child
             cp.frozen[d.vdisk_id] = d.rct.freeze()
             cp.paths[d.vdisk_id] = d.path

@@ -10,8 +10,8 @@ import pytest
 from vmkeep.hypervisors.base import Extent
 from vmkeep.hypervisors.hyperv.control import Consistency, HostControl
 from vmkeep.hypervisors.hyperv.exceptions import HostCallError
-from vmkeep.hypervisors.hyperv.simulator import vhdx
-from vmkeep.hypervisors.hyperv.simulator.direct import DirectRunner, LocalOpener
+from vmkeep.hypervisors.hyperv import qemu
+from vmkeep.hypervisors.hyperv.simulator.direct import DirectRunner, LocalStorage
 from vmkeep.hypervisors.hyperv.simulator.host import SimHost, WmiMethod
 from vmkeep.hypervisors.hyperv.simulator.rct import ERROR_VHD_CHANGE_TRACKING_DISABLED, ERROR_VHD_INVALID_CHANGE_TRACKING_ID
 
@@ -44,11 +44,11 @@ def test_checkpoint_freezes_the_parent_and_writes_after_it_go_to_the_child(host:
     cp = control.begin_backup("web01", Consistency.APPLICATION)
     [frozen] = control.checkpoint_disks(cp.snapshot)
     host.guest_write("web01", MiB, b"b" * 4096)
-    assert LocalOpener(host)(frozen.path).read(MiB, 4) == b"aaaa"
+    assert LocalStorage(host).open_disk(frozen.path).read(MiB, 4) == b"aaaa"
     assert host.guest_view("web01")[MiB : MiB + 4] == b"bbbb"
-    assert vhdx.read_all(host.disk_file("web01"))[MiB : MiB + 4] == b"aaaa"  # qemu-img agrees with dissect
+    assert qemu.read_all(host.disk_file("web01"))[MiB : MiB + 4] == b"aaaa"  # qemu-img agrees with dissect
     control.remove_checkpoint(cp.snapshot)  # merged: the parent holds the guest's writes again
-    assert vhdx.read_all(host.disk_file("web01"))[MiB : MiB + 4] == b"bbbb"
+    assert qemu.read_all(host.disk_file("web01"))[MiB : MiB + 4] == b"bbbb"
     assert host.checkpoints("web01") == []
 
 

@@ -1,7 +1,8 @@
-"""Real VHDX files for the simulated host, made and written by Debian's qemu-utils.
+"""VHDX files made, converted and written by Debian's qemu-utils (no hand-written VHDX writer).
 
-``qemu-img`` creates and converts images and ``qemu-io`` writes into one as a guest would
-(updating its block allocation table and payload blocks); ``qemu-img convert -O raw`` is the
+Restore writes each disk as a VHDX with ``qemu-img convert -O vhdx``. The simulated host makes
+its disks with ``qemu-img create`` and writes into them as a guest would with ``qemu-io``
+(updating the block allocation table and payload blocks); ``qemu-img convert -O raw`` is the
 independent reader the tests compare against.
 """
 
@@ -13,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..exceptions import HypervError
+from .exceptions import HypervError
 
 BLOCK_SIZE_OPTION = "subformat=dynamic,block_size=1M"
 
