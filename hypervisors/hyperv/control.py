@@ -20,8 +20,22 @@ from .templates import Template, decode_answer, render
 
 
 class ScriptRunner(Protocol):
-    def run(self, script_text: str, stdin: bytes | None = None) -> bytes:
-        """Run ``script_text`` in PowerShell on the host and return its stdout."""
+    def run(self, script: str, stdin: bytes | None = None, *, idempotent: bool = False) -> bytes:
+        """Run ``script`` in PowerShell on the host and return its stdout (``idempotent``: may be retried)."""
+
+
+# Templates that may run twice without harm: the client may retry them after a lost connection.
+IDEMPOTENT = frozenset(
+    {
+        Template.LIST_VMS,
+        Template.CHECKPOINT_DISKS,
+        Template.GET_CHANGES,
+        Template.READ_DISK,
+        Template.DESTROY_REFERENCE_POINT,
+        Template.REMOVE_CHECKPOINT,
+        Template.REMOVE_VM,
+    }
+)
 
 
 class Consistency(IntEnum):
@@ -118,7 +132,7 @@ class HostControl:
         self.host = host
 
     def call(self, template: Template, **params: Any) -> dict[str, Any]:
-        answer = decode_answer(template, self.runner.run(render(template, params)))
+        answer = decode_answer(template, self.runner.run(render(template, params), idempotent=template in IDEMPOTENT))
         if "error" in answer:
             code = answer.get("code")
             state = answer.get("state")

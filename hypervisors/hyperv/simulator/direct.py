@@ -21,8 +21,8 @@ class DirectRunner:
     def __init__(self, host: SimHost) -> None:
         self.host = host
 
-    def run(self, script_text: str, stdin: bytes | None = None) -> bytes:
-        result = self.host.handle(script_text, stdin or b"")
+    def run(self, script: str, stdin: bytes | None = None, *, idempotent: bool = False) -> bytes:
+        result = self.host.handle(script, stdin or b"")
         if result.exit_code != 0:
             raise HypervError(f"the host refused the script: {result.stderr.decode(errors='replace').strip()}")
         return result.stdout

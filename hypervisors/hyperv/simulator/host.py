@@ -42,6 +42,7 @@ from typing import Any
 
 from .. import qemu
 from .rct import RctRefused, RctTracker
+from .wsman import CommandResult
 
 # SHA-256 of each template's text (placeholder in place), per name and version. Written here
 # literally, never computed from the agent's files: an edited template must get a new version.
@@ -80,13 +81,6 @@ class WmiMethod(StrEnum):
     DESTROY_REFERENCE_POINT = "DestroyReferencePoint"
     DEFINE_SYSTEM = "DefineSystem"  # New-VM
     ADD_DISK = "AddResourceSettings"  # Add-VMHardDiskDrive
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    stdout: bytes
-    stderr: bytes
-    exit_code: int
 
 
 class SimFault(Exception):
