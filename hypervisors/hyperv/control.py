@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
@@ -127,12 +128,18 @@ class ReferencePoint:
 
 
 class HostControl:
+    """Typed template calls; one at a time (the WinRM client is one session, not thread-safe)."""
+
     def __init__(self, runner: ScriptRunner, host: str) -> None:
         self.runner = runner
         self.host = host
+        self._lock = threading.Lock()
 
     def call(self, template: Template, **params: Any) -> dict[str, Any]:
-        answer = decode_answer(template, self.runner.run(render(template, params), idempotent=template in IDEMPOTENT))
+        script = render(template, params)
+        with self._lock:
+            stdout = self.runner.run(script, idempotent=template in IDEMPOTENT)
+        answer = decode_answer(template, stdout)
         if "error" in answer:
             code = answer.get("code")
             state = answer.get("state")

@@ -112,6 +112,13 @@ class SmbShare:
         return f"\\\\{self.settings.server}\\{self.settings.share}\\{inner}"
 
     def connect(self) -> SmbShare:
+        """Log in to the share once; ConnectionFailed if the server cannot be reached."""
+        try:
+            return self._connect()
+        except _Transient as exc:
+            raise ConnectionFailed(str(exc)) from None
+
+    def _connect(self) -> SmbShare:
         with self._lock:
             if not self._connected:
                 s = self.settings
