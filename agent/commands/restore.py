@@ -15,8 +15,8 @@ from ..engine.restore import disk_images, restore_point_to_dir
 from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from ..terminal import TerminalProgress
-from .common import EXIT_OK, json_option, no_lock_option, open_repository, repo_options
 from . import hyperv
+from .common import EXIT_OK, json_option, no_lock_option, open_repository, repo_options
 from .vsphere import endpoint_from, host_options, tls_options
 
 # The options that name the host to restore to, one per platform (as HOST_OPTIONS of backup).

@@ -21,8 +21,8 @@ from .. import secrets
 from ..engine.jobs import BackupTask, RetryPolicy
 from ..exceptions import ConfigError
 from ..output import human_size, print_json, print_table
-from .backup import CliResources, backup_options, options_from, print_results, report, run_cli_tasks, session_opener
 from . import hyperv
+from .backup import CliResources, backup_options, options_from, print_results, report, run_cli_tasks, session_opener
 from .common import EXIT_FAILURE, EXIT_OK, json_option, open_repository, repo_options
 
 log = logging.getLogger(__name__)

@@ -139,7 +139,7 @@ class HostControl:
         script = render(template, params)
         with self._lock:
             stdout = self.runner.run(script, idempotent=template in IDEMPOTENT)
-        answer = decode_answer(template, stdout)
+        answer: dict[str, Any] = decode_answer(template, stdout)
         if "error" in answer:
             code = answer.get("code")
             state = answer.get("state")
@@ -194,7 +194,9 @@ class HostControl:
         )
         offsets, lengths = list(a.get("offsets") or []), list(a.get("lengths") or [])
         if len(offsets) != len(lengths):
-            raise TemplateError(f"{self.host}: GetVirtualDiskChanges answered {len(offsets)} offsets, {len(lengths)} lengths")
+            raise TemplateError(
+                f"{self.host}: GetVirtualDiskChanges answered {len(offsets)} offsets, {len(lengths)} lengths"
+            )
         return ChangesPage(int(a["processed"]), [Extent(int(o), int(n)) for o, n in zip(offsets, lengths, strict=True)])
 
     def read_disk(self, path: str, offset: int, length: int) -> bytes:
@@ -212,7 +214,9 @@ class HostControl:
         vdisks, rcts = list(a.get("vdisk_ids") or []), list(a.get("rct_ids") or [])
         if len(vdisks) != len(rcts):
             raise TemplateError(f"{self.host}: the reference point lists {len(vdisks)} disks but {len(rcts)} RCT ids")
-        return ReferencePoint(str(a["reference_point"]), {str(v).upper(): str(r) for v, r in zip(vdisks, rcts, strict=True)})
+        return ReferencePoint(
+            str(a["reference_point"]), {str(v).upper(): str(r) for v, r in zip(vdisks, rcts, strict=True)}
+        )
 
     def destroy_reference_point(self, reference_point: str) -> bool:
         """Destroy it; False if it was gone already."""

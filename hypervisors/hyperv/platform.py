@@ -104,7 +104,9 @@ class HypervPlatform(Platform):
         )
 
     def open_session(self, vm: str, options: SessionOptions) -> HypervSession:
-        return HypervSession(self.control, vm, self.storage, quiesce=options.quiesce, fallback_limit=self.fallback_limit)
+        return HypervSession(
+            self.control, vm, self.storage, quiesce=options.quiesce, fallback_limit=self.fallback_limit
+        )
 
     def restore_to_host(
         self,
@@ -117,7 +119,14 @@ class HypervPlatform(Platform):
         if target.power_on:
             raise SourceError("--power-on is not supported for Hyper-V yet: start the VM with Start-VM")
         vm_id, restored = restore_vm(
-            self.control, self.storage, hardware, disks, target.name, spec, verify=target.verify, progress=progress
+            self.control,
+            self.storage,
+            hardware,
+            disks,
+            name=target.name,
+            spec=spec,
+            verify=target.verify,
+            progress=progress,
         )
         return RestoredVm(target.name, vm_id, [d.to_json() for d in restored], False)
 
@@ -131,4 +140,3 @@ def _version(text: str) -> tuple[int, ...]:
         return tuple(int(p) for p in text.split("."))
     except ValueError:
         return (0,)
-

@@ -57,9 +57,9 @@ def restore_vm(
     storage: HostStorage,
     hardware: dict[str, Any],
     images: list[DiskImage],
+    *,
     name: str,
     spec: HypervRestoreSpec,
-    *,
     verify: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[str, list[RestoredDisk]]:
@@ -68,14 +68,19 @@ def restore_vm(
         raise RestoreError("the point's hardware was not recorded from Hyper-V; restore it with --to-dir")
     inventory = control.inventory()
     if any(v.name == name for v in inventory.vms):
-        raise RestoreError(f"a VM named {name!r} exists already on {control.host}; vmkeep never overwrites a VM (use --name)")
+        raise RestoreError(
+            f"a VM named {name!r} exists already on {control.host}; vmkeep never overwrites a VM (use --name)"
+        )
     folder = spec.folder or str(PureWindowsPath(inventory.vhd_path or "C:\\Hyper-V\\Virtual Hard Disks") / name)
     recorded = {str(d["key"]): d for d in hardware.get("disks", [])}
     missing = [img.key for img in images if img.key not in recorded]
     if missing:
         raise RestoreError(f"the recorded hardware has no disk with key(s) {', '.join(missing)}")
     nics = [
-        {"name": str(n.get("name") or "Network Adapter"), "switch": spec.network_map.get(str(n.get("switch") or ""), str(n.get("switch") or ""))}
+        {
+            "name": str(n.get("name") or "Network Adapter"),
+            "switch": spec.network_map.get(str(n.get("switch") or ""), str(n.get("switch") or "")),
+        }
         for n in hardware.get("nics", [])
     ]
     uploaded: list[str] = []

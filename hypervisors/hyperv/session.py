@@ -104,7 +104,8 @@ class HypervSession(BackupSession):
             for ext in page.extents:
                 if ext.length < 0 or ext.offset < offset or ext.end > end:
                     return self._full(
-                        disk, f"GetVirtualDiskChanges answered a range [{ext.offset}, {ext.end}) outside [{offset}, {end})"
+                        disk,
+                        f"GetVirtualDiskChanges answered a range [{ext.offset}, {ext.end}) outside [{offset}, {end})",
                     )
             extents.extend(page.extents)
             offset = end
@@ -164,7 +165,9 @@ class HypervSession(BackupSession):
         for key, disk in self._disks.items():
             token = reference.rct_ids.get(disk.frozen.vdisk_id.upper())
             if token is None:
-                self.warnings.append(f"{disk.info.label}: the reference point holds no RCT id; the next backup reads it in full")
+                self.warnings.append(
+                    f"{disk.info.label}: the reference point holds no RCT id; the next backup reads it in full"
+                )
             tokens[key] = token
         return CommitState(tokens, {"reference_point": reference.id})
 
@@ -202,7 +205,9 @@ class HypervSession(BackupSession):
             self.control.remove_checkpoint(snapshot)
             log.info("%s: removed the recovery checkpoint %s", self.vm_name, self.checkpoint_name)
         except Exception as exc:
-            message = f"could not remove the recovery checkpoint {self.checkpoint_name!r} of {self.vm_name}: {_short(exc)}"
+            message = (
+                f"could not remove the recovery checkpoint {self.checkpoint_name!r} of {self.vm_name}: {_short(exc)}"
+            )
             self.close_warnings.append(message)
             log.error("%s; the next backup of this VM removes it", message)
 
@@ -215,7 +220,9 @@ class HypervSession(BackupSession):
                 taken = self.control.begin_backup(self.vm_name, level)
             except HostCallError as exc:
                 if level == Consistency.APPLICATION and exc.state is not None:
-                    message = f"an application-consistent checkpoint failed ({_short(exc)}); took a crash-consistent one"
+                    message = (
+                        f"an application-consistent checkpoint failed ({_short(exc)}); took a crash-consistent one"
+                    )
                     log.warning("%s: %s", self.vm_name, message)
                     self.warnings.append(message)
                     continue

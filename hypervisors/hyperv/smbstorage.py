@@ -43,7 +43,9 @@ class ShareMap:
         best: tuple[str, str, str] | None = None
         for prefix, share, folder in self.entries:
             p = PureWindowsPath(prefix)
-            if path.parts[: len(p.parts)] == p.parts and (best is None or len(p.parts) > len(PureWindowsPath(best[0]).parts)):
+            if path.parts[: len(p.parts)] == p.parts and (
+                best is None or len(p.parts) > len(PureWindowsPath(best[0]).parts)
+            ):
                 best = (prefix, share, folder)
         if best is not None:
             rest = path.parts[len(PureWindowsPath(best[0]).parts) :]

@@ -212,7 +212,9 @@ class SimHost:
             old = vm.disks[index]
             path = f"{VM_ROOT}\\{vm.name}\\replaced{index}-{uuid.uuid4().hex[:8]}.vhdx"
             qemu.copy(self.local_path(old.child or old.path), self.local_path(path))
-            new = SimDisk(old.controller, old.controller_number, old.location, path, old.capacity, str(uuid.uuid4()).upper())
+            new = SimDisk(
+                old.controller, old.controller_number, old.location, path, old.capacity, str(uuid.uuid4()).upper()
+            )
             vm.disks[index] = new
             return new
 
@@ -320,7 +322,9 @@ class SimHost:
                     "memory_mb": vm.memory_mb,
                     "disks": [self._describe_disk(d, d.child or d.path) for d in vm.disks],
                     "nics": [dict(n) for n in vm.nics],
-                    "checkpoints": [{"id": c.instance_id.split(":", 1)[-1], "name": c.name, "type": c.type} for c in vm.checkpoints],
+                    "checkpoints": [
+                        {"id": c.instance_id.split(":", 1)[-1], "name": c.name, "type": c.type} for c in vm.checkpoints
+                    ],
                 }
             )
         return {"host": self.name, "vhd_path": f"{VM_ROOT}\\Virtual Hard Disks", "vms": vms}
@@ -368,13 +372,14 @@ class SimHost:
             )
         processed = length if self.max_processed is None else min(length, self.max_processed)
         end = offset + processed
-        offsets, lengths = [], []
-        for start, n in disk.rct.changes(since, cp.frozen[disk.vdisk_id]):
+        offsets: list[int] = []
+        lengths: list[int] = []
+        for written, count in disk.rct.changes(since, cp.frozen[disk.vdisk_id]):
+            start, stop = written, written + count
             if self.range_granularity:
                 g = self.range_granularity
-                start, stop = start // g * g, min(disk.capacity, -(-(start + n) // g) * g)
-                n = stop - start
-            lo, hi = max(start, offset), min(start + n, end)
+                start, stop = start // g * g, min(disk.capacity, -(-stop // g) * g)
+            lo, hi = max(start, offset), min(stop, end)
             if lo < hi:
                 if offsets and lo <= offsets[-1] + lengths[-1]:
                     lengths[-1] = max(offsets[-1] + lengths[-1], hi) - offsets[-1]
@@ -546,7 +551,7 @@ def recognise(script: str) -> tuple[str, int, dict[str, Any]]:
         raise SimFault("refused: not a vmkeep template (no '# vmkeep-template:' first line)", 1)
     name, _, ver = first[len(header) :].partition("/")
     if not ver.isdigit() or (name, int(ver)) not in PINNED:
-        raise SimFault(f"refused: unknown template {first[len(header):]!r}", 1)
+        raise SimFault(f"refused: unknown template {first[len(header) :]!r}", 1)
     version = int(ver)
     literals = PARAMS_LITERAL.findall(script)
     if len(literals) != 1:

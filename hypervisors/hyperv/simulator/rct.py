@@ -64,7 +64,9 @@ class RctTracker:
         try:
             seq = int(parts[-1], 16)
         except ValueError:
-            raise RctRefused("the change tracking identifier is not valid", ERROR_VHD_INVALID_CHANGE_TRACKING_ID) from None
+            raise RctRefused(
+                "the change tracking identifier is not valid", ERROR_VHD_INVALID_CHANGE_TRACKING_ID
+            ) from None
         if seq >= self.seq:
             raise RctRefused("the change tracking identifier is not valid", ERROR_VHD_INVALID_CHANGE_TRACKING_ID)
         return seq

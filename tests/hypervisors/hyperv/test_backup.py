@@ -15,7 +15,9 @@ VM = "web01"
 SIZE = 16 * MiB
 
 
-def test_full_then_incrementals_restore_to_the_frozen_parent(hyperv_lab: HypervLab, repo: Repository, tmp_path: Path) -> None:
+def test_full_then_incrementals_restore_to_the_frozen_parent(
+    hyperv_lab: HypervLab, repo: Repository, tmp_path: Path
+) -> None:
     host = hyperv_lab.host
     host.create_vm(VM, (SIZE, 8 * MiB))
     random_writes(host, VM, 20, seed=1)

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 
 from vmkeep.hypervisors.base import Extent
+from vmkeep.hypervisors.hyperv import qemu
 from vmkeep.hypervisors.hyperv.control import Consistency, HostControl
 from vmkeep.hypervisors.hyperv.exceptions import HostCallError
-from vmkeep.hypervisors.hyperv import qemu
 from vmkeep.hypervisors.hyperv.simulator.direct import DirectRunner, LocalStorage
 from vmkeep.hypervisors.hyperv.simulator.host import SimHost, WmiMethod
-from vmkeep.hypervisors.hyperv.simulator.rct import ERROR_VHD_CHANGE_TRACKING_DISABLED, ERROR_VHD_INVALID_CHANGE_TRACKING_ID
+from vmkeep.hypervisors.hyperv.simulator.rct import (
+    ERROR_VHD_CHANGE_TRACKING_DISABLED,
+    ERROR_VHD_INVALID_CHANGE_TRACKING_ID,
+)
 
 MiB = 1024 * 1024
 SIZE = 8 * MiB
@@ -115,7 +118,9 @@ def test_failed_jobs_and_leftover_checkpoints(host: SimHost, control: HostContro
         control.begin_backup("web01", Consistency.CRASH)
 
 
-def test_conversion_failure_keeps_the_checkpoint_and_the_old_reference_point(host: SimHost, control: HostControl) -> None:
+def test_conversion_failure_keeps_the_checkpoint_and_the_old_reference_point(
+    host: SimHost, control: HostControl
+) -> None:
     rp, _ = _reference(host, control)
     cp = control.begin_backup("web01", Consistency.CRASH)
     host.fail_next(WmiMethod.CONVERT_TO_REFERENCE_POINT, "privilege not held", 0x8007052F)

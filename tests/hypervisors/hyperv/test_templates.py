@@ -39,7 +39,9 @@ def _errors(node: tree_sitter.Node) -> list[str]:
 
 
 def test_every_template_file_is_known_and_loads() -> None:
-    files = {p.name for p in resources.files("vmkeep.hypervisors.hyperv").joinpath("templates").iterdir()}
+    files = {
+        p.name for p in resources.files("vmkeep.hypervisors.hyperv.templates").iterdir() if p.name.endswith(".ps1")
+    }
     assert files == {f"{t.value}.ps1" for t in Template}
     for t in Template:
         text = load(t)
@@ -82,7 +84,13 @@ REALISTIC: dict[Template, dict[str, object]] = {
         "memory_mb": 2**20,
         "nics": [{"name": "Network Adapter", "switch": "s" * 40}] * 8,
     },
-    Template.ATTACH_DISK: {"vm_id": SNAPSHOT, "controller": "SCSI", "controller_number": 3, "location": 63, "path": VHDX},
+    Template.ATTACH_DISK: {
+        "vm_id": SNAPSHOT,
+        "controller": "SCSI",
+        "controller_number": 3,
+        "location": 63,
+        "path": VHDX,
+    },
     Template.REMOVE_VM: {"vm_id": SNAPSHOT},
 }
 
@@ -108,7 +116,9 @@ def test_parameters_are_only_a_base64_literal_and_round_trip_as_data() -> None:
 
 
 def test_the_simulator_refuses_an_edited_template_of_the_same_version() -> None:
-    script = render(Template.REMOVE_CHECKPOINT, {"snapshot": "x"}).replace("Start-Sleep -Milliseconds 200", "Remove-Item C:\\")
+    script = render(Template.REMOVE_CHECKPOINT, {"snapshot": "x"}).replace(
+        "Start-Sleep -Milliseconds 200", "Remove-Item C:\\"
+    )
     with pytest.raises(SimFault, match="does not match the pinned version"):
         recognise(script)
 

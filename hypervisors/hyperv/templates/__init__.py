@@ -1,6 +1,6 @@
 """The PowerShell the agent sends to a Hyper-V host: versioned template files, rendered with data only.
 
-Each template (``templates/NAME.ps1``) starts with ``# vmkeep-template: NAME/VERSION`` and has
+Each template (``NAME.ps1`` in this package) starts with ``# vmkeep-template: NAME/VERSION`` and has
 exactly one variable part, the base64 of a JSON document in the line
 
     $P = ConvertFrom-Json ([Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('{{PARAMS}}')))
@@ -27,7 +27,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from .exceptions import TemplateError
+from ..exceptions import TemplateError
 
 PLACEHOLDER = "{{PARAMS}}"
 HEADER = "# vmkeep-template: "
@@ -62,7 +62,7 @@ class TemplateText:
 @cache
 def load(template: Template) -> TemplateText:
     """The template's text as shipped, checked for its header and its one placeholder."""
-    text = resources.files(__package__).joinpath("templates", f"{template.value}.ps1").read_text("utf-8")
+    text = resources.files(__package__).joinpath(f"{template.value}.ps1").read_text("utf-8")
     name, version = parse_header(text)
     if name != template.value:
         raise TemplateError(f"template file {template.value}.ps1 calls itself {name}")
