@@ -44,7 +44,7 @@ def smb_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
 def hyperv_endpoint(args: argparse.Namespace, endpoint: Endpoint) -> Endpoint:
     """The shared endpoint with Hyper-V's SMB settings (the hyperv extra is imported only here)."""
     from vmkeep.hypervisors.hyperv.platform import HypervEndpoint
-    from vmkeep.hypervisors.hyperv.smbstorage import ShareMap
+    from vmkeep.hypervisors.hyperv.shares import ShareMap
 
     try:
         shares = ShareMap.parse(list(getattr(args, "smb_share", [])))

@@ -13,7 +13,7 @@ from vmkeep.repository.repo import Repository
 
 from .. import secrets
 from ..exceptions import ConfigError
-from .model import RepositoryConfig, SourceConfig
+from .model import RepositoryConfig, SourceConfig, SourceType
 
 if TYPE_CHECKING:
     from vmkeep.hypervisors.platforms import Endpoint, PlatformKind
@@ -49,7 +49,14 @@ def source_endpoint(name: str, source: SourceConfig) -> Endpoint:
     from vmkeep.hypervisors.tls import TlsPolicy
 
     tls = TlsPolicy(ca_file=source.ca_path, thumbprint=source.thumbprint, allow_cleartext=source.allow_cleartext)
-    return Endpoint(source.url, source.user, source_password(name, source), tls)
+    endpoint = Endpoint(source.url, source.user, source_password(name, source), tls)
+    if source.type is SourceType.HYPERV:
+        from vmkeep.hypervisors.hyperv.platform import HypervEndpoint
+        from vmkeep.hypervisors.hyperv.shares import ShareMap
+
+        shares = ShareMap.parse(list(source.smb_shares))
+        return HypervEndpoint(endpoint.address, endpoint.user, endpoint.password, tls, source.smb_port, shares)
+    return endpoint
 
 
 def repository_passphrase(name: str, repo: RepositoryConfig) -> bytes | None:

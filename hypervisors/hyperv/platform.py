@@ -20,7 +20,8 @@ from ..tls import TlsPolicy
 from .control import HostControl
 from .restore import HypervRestoreSpec, restore_vm
 from .session import DEFAULT_FALLBACK_LIMIT, HypervSession
-from .smbstorage import ShareMap, SmbStorage
+from .shares import ShareMap
+from .smbstorage import SmbStorage
 from .winrm import WinrmClient, WinrmSettings
 
 
