@@ -227,6 +227,15 @@ class SimHost:
             qemu.write(self.local_path(d.child or d.path), offset, data)
             d.rct.record(offset, len(data))
 
+    def load_raw(self, vm_name: str, raw: Path, disk: int = 0) -> None:
+        """Fill a disk from a raw image of its size (made into VHDX by qemu-img), as one big guest write."""
+        with self._lock:
+            d = self.vms[vm_name].disks[disk]
+            if raw.stat().st_size != d.capacity or d.child is not None:
+                raise ValueError("the raw image must be the disk's size, and the disk free of checkpoints")
+            qemu.from_raw(raw, self.local_path(d.path))
+            d.rct.record(0, d.capacity)
+
     def guest_view(self, vm_name: str, disk: int = 0) -> bytes:
         """The disk as the guest sees it now."""
         with self._lock:
