@@ -151,13 +151,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser(
         "store-password",
-        help="keep a vCenter/ESXi password in the OS keyring",
+        help="keep a vCenter/ESXi or Hyper-V password in the OS keyring",
         description="Store the password for USER on SERVER in the OS keyring (read from a prompt, or from "
         "standard input when it is not a terminal), so that backups need neither a file nor an environment "
         "variable. With --delete, remove it. Needs the keyring package: pip install 'vmkeep[keyring]'.",
     )
-    p.add_argument("--vcenter", dest="server", required=True, metavar="URL", help="vCenter or ESXi address")
-    p.add_argument("--user", "-u", required=True, help="vSphere user")
+    server = p.add_mutually_exclusive_group(required=True)
+    server.add_argument("--vcenter", dest="server", metavar="URL", help="vCenter or ESXi address")
+    server.add_argument("--hyperv", dest="server", metavar="HOST", help="Hyper-V host (as given to --hyperv)")
+    p.add_argument("--user", "-u", required=True, help="the host's user")
     p.add_argument("--delete", action="store_true", help="remove the stored password")
     p.set_defaults(func=cmd_store_password)
 

@@ -13,6 +13,7 @@ from vmkeep.agent.engine.backup import BackupOptions
 from vmkeep.hypervisors.hyperv.exceptions import AuthenticationFailed, CheckpointError, HypervError
 from vmkeep.hypervisors.hyperv.simulator.host import SimHost, WmiMethod
 from vmkeep.hypervisors.hyperv.simulator.samba import SambaServer
+from vmkeep.hypervisors.hyperv.simulator.wsman import Action
 from vmkeep.repository.points import ReadMode, RecoveryPoint
 from vmkeep.repository.repo import Repository
 
@@ -221,3 +222,45 @@ def test_leftovers_of_the_simulator_are_its_own(lab: HypervLab) -> None:
     """The host's storage is a folder of the share, so labs never see each other's files."""
     assert isinstance(lab.host, SimHost)
     assert lab.host.storage.parent == lab.samba.directory
+
+
+def test_a_dropped_winrm_connection_is_retried_or_fails_cleanly(
+    lab: HypervLab, repo: Repository, tmp_path: Path
+) -> None:
+    first = _first(lab, repo)
+
+    def drop_this_answer(template: str) -> None:
+        """The connection closes while the host sends its answer to ``template``'s next call."""
+        lab.host.after(template, lambda h: lab.wsman.faults.disconnect(Action.RECEIVE, 1))
+
+    # checkpoint-disks is idempotent: the client asks again on a new session.
+    drop_this_answer("checkpoint-disks")
+    point, frozen = back_up(lab, repo, VM)
+    assert len(lab.host.calls_of("checkpoint-disks")) == 3  # first backup, then twice
+    assert restored_bytes(repo, point, tmp_path / "r") == [frozen.disks[0]]
+    # The checkpoint is taken but its answer lost: one clear error; the next run removes it.
+    drop_this_answer("begin-backup")
+    with pytest.raises(HypervError, match="may have completed on the host"):
+        back_up(lab, repo, VM)
+    assert len(lab.host.checkpoints(VM)) == 1
+    point, _ = back_up(lab, repo, VM)
+    assert any("interrupted backup" in w for w in point.warnings), point.warnings
+    # The conversion's answer lost: no point, the previous reference point stays the base.
+    before = [p.id for p in repo.points(VM)]
+    drop_this_answer("convert-checkpoint")
+    with pytest.raises(HypervError, match="may have completed on the host"):
+        back_up(lab, repo, VM)
+    assert [p.id for p in repo.points(VM)] == before and first.id in before
+    assert before[-1] == point.id
+    assert point.source["reference_point"] in [r.instance_id for r in lab.host.reference_points(VM)]
+    _next_continues_the_chain_ignoring_orphans(lab, repo, tmp_path)
+
+
+def _next_continues_the_chain_ignoring_orphans(lab: HypervLab, repo: Repository, tmp_path: Path) -> None:
+    """As _next_continues_the_chain; a reference point whose conversion answer was lost stays (documented)."""
+    assert lab.host.checkpoints(VM) == []
+    random_writes(lab.host, VM, 2, seed=78)
+    point, frozen = back_up(lab, repo, VM)
+    assert point.disks[0].mode == ReadMode.INCREMENTAL, point.disks[0].reason
+    assert restored_bytes(repo, point, tmp_path / "next") == [frozen.disks[0]]
+    assert lab.host.checkpoints(VM) == []
