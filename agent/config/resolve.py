@@ -31,7 +31,8 @@ def source_password(name: str, source: SourceConfig) -> str:
     if not stored:
         raise ConfigError(
             f"sources.{name}: the keyring holds no password for {source.user}@{source.url} "
-            f"(vmkeep store-password --vcenter {source.url} --user {source.user})"
+            f"(vmkeep store-password --{'hyperv' if source.type is SourceType.HYPERV else 'vcenter'} {source.url} "
+            f"--user {source.user})"
         )
     return stored
 

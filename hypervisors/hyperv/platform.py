@@ -80,7 +80,7 @@ class HypervPlatform(Platform):
         user = endpoint.user.split("\\")[-1]
         storage = SmbStorage(host, user, endpoint.password, smb_port, shares)
         try:
-            control.inventory("\x00")  # logs in: a wrong password or an unreachable host fails here
+            control.inventory("\x00")  # no VM has this name: a cheap call that logs in, so bad credentials fail here
         except BaseException:
             client.close()
             raise

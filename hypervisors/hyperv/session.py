@@ -240,7 +240,11 @@ class HypervSession(BackupSession):
         by_id = {d.vdisk_id.upper(): d for d in self.vm.disks}
         disks: dict[str, _Disk] = {}
         for frozen in self.control.checkpoint_disks(self._snapshot):
-            host_disk = attached.get(frozen.path.lower()) or by_id.get(frozen.vdisk_id.upper())
+            host_disk = (
+                attached.get(frozen.path.lower())
+                or by_id.get(frozen.vdisk_id.upper())
+                or next((d for d in self.vm.disks if _parent_of(d.path) == frozen.path.lower()), None)
+            )
             if host_disk is None:
                 raise HypervError(f"{self.vm_name}: the checkpoint holds {frozen.path}, which the VM does not list")
             if host_disk.format.upper() != "VHDX":
@@ -294,6 +298,14 @@ class HypervSession(BackupSession):
             n = min(WINRM_READ_CHUNK, offset + length - pos)
             parts.append(self.control.read_disk(path, pos, n))
         return b"".join(parts)
+
+
+def _parent_of(path: str) -> str:
+    """``...\\disk0.vhdx`` for a checkpoint's ``...\\disk0_<GUID>.avhdx`` (lower case); else the path."""
+    lowered = path.lower()
+    if lowered.endswith(".avhdx") and "_" in lowered.rsplit("\\", 1)[-1]:
+        return lowered[: lowered.rindex("_")] + ".vhdx"
+    return lowered
 
 
 def _short(exc: BaseException) -> str:
