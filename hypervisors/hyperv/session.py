@@ -112,6 +112,19 @@ class HypervSession(BackupSession):
         self._to_read[disk.key] = sum(e.length for e in extents)
         return Changes(extents)
 
+    def allocated(self, disk: DiskInfo) -> list[Extent] | None:
+        """The frozen VHDX's allocated blocks (its BAT), so a full read skips the rest; None if unknown."""
+        reader = self._reader(disk)
+        allocated = getattr(reader, "allocated", None)
+        if allocated is None:
+            return None
+        try:
+            extents: list[Extent] = allocated()
+        except (HypervError, ValueError) as exc:
+            log.info("%s %s: no allocation map (%s); reading every block", self.vm_name, disk.label, exc)
+            return None
+        return extents
+
     def read(self, disk: DiskInfo, offset: int, length: int) -> bytes:
         reader = self._reader(disk)
         if reader is None:

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ...base import Extent
 from ..exceptions import HypervError
+from ..vhdxmap import allocated_extents
 from .host import SimHost
 
 
@@ -39,6 +41,9 @@ class LocalVhdx:
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self._stream.readoffset(offset, length))
+
+    def allocated(self) -> list[Extent]:
+        return allocated_extents(self._stream)
 
     def close(self) -> None:
         self._file.close()
