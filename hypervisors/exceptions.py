@@ -35,5 +35,5 @@ class NoRestoreToHost(SourceError):
     """The platform cannot create VMs (a disk image): restore to a directory instead."""
 
 
-class SessionNotClosed(SourceError):
-    """The point is committed, but ending the session left something behind (a snapshot)."""
+class NeedsAttention(SourceError):
+    """The point is committed, but a step after it left something to attend to (a snapshot not removed)."""

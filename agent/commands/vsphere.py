@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmkeep.hypervisors.exceptions import SessionNotClosed, SourceError
+from vmkeep.hypervisors.exceptions import NeedsAttention, SourceError
 from vmkeep.hypervisors.platforms import Endpoint, Platform, PlatformKind, platform_class
 
 from .. import secrets
@@ -230,7 +230,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         if points:
             report(points)
         if len(vms) == 1 and failures:  # the point is committed, but e.g. its snapshot stayed behind
-            raise SessionNotClosed(failures[0]["error"])
+            raise NeedsAttention(failures[0]["error"])
         for failure in failures:
             print(f"{failure['vm']}: FAILED: {failure['error']}")
     return EXIT_FAILURE if failures else EXIT_OK

@@ -95,11 +95,14 @@ def backup_vm(
         try:
             repo.save_point(point)
         except BaseException:
-            session.commit_failed()
+            try:
+                session.commit_failed()
+            except Exception as exc:  # the save's error is the one to report
+                progress.warn(f"{session.vm_name}: undoing the preparation of the commit failed too: {exc}")
             raise
+        session.committed = True
     finally:
         job.writer.close()
-    session.committed = True
     try:
         session.after_commit(point, job.previous)
     except Exception as exc:
