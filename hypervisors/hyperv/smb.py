@@ -92,8 +92,8 @@ class SmbSettings:
     retry_wait: float = 0.5
 
 
-class _Transient(Exception):
-    pass
+class _Transient(ConnectionFailed):
+    """A lost or refused connection: retried where a retry is safe, else it is the ConnectionFailed."""
 
 
 class SmbShare:

@@ -19,11 +19,12 @@ import pytest
 from tests.fixtures.hyperv import HypervAccount
 from vmkeep.hypervisors.hyperv.exceptions import (
     AuthenticationFailed,
+    ConnectionFailed,
     HypervError,
     RemoteFileNotFound,
     ShareNotFound,
 )
-from vmkeep.hypervisors.hyperv.simulator.samba import SambaServer
+from vmkeep.hypervisors.hyperv.simulator.samba import SambaServer, free_port
 from vmkeep.hypervisors.hyperv.smb import SmbSettings, SmbShare, VhdxReader, upload
 
 MiB = 1024 * 1024
@@ -132,3 +133,8 @@ def test_upload_round_trips(share: SmbShare, samba: SambaServer, tmp_path: Path)
     local.write_bytes(b"smaller")
     upload(share, local, "restore/restored.vhdx", overwrite=True)
     assert remote.read_bytes() == b"smaller"
+
+
+def test_unreachable_server_is_connection_failed(smb_settings: Settings) -> None:
+    with pytest.raises(ConnectionFailed, match=r"SMB connection to 127\.0\.0\.1:\d+ failed"):
+        SmbShare(smb_settings(port=free_port(), connection_timeout=5)).connect()
