@@ -94,8 +94,8 @@ class SmbSettings:
     retry_wait: float = 0.5
 
 
-class _Transient(Exception):
-    pass
+class _Transient(ConnectionFailed):
+    """A lost or refused connection: retried where a retry is safe, else it is the ConnectionFailed."""
 
 
 class SmbShare:
@@ -365,9 +365,10 @@ def upload(
 ) -> int:
     """Copy ``local`` to ``remote`` on the share; returns the bytes written.
 
-    Written under ``<remote>.<random>.partial``, flushed and closed, then renamed; an existing
-    ``remote`` is an error unless ``overwrite``. No retry: a lost connection leaves no file
-    under the final name, and the caller decides whether to start again.
+    Missing folders are created. Written under ``<remote>.<random>.partial``, flushed and
+    closed, then renamed; an existing ``remote`` is an error unless ``overwrite``. No retry: a
+    lost connection leaves no file under the final name, and the caller decides whether to
+    start again.
     """
     partial = f"{remote}.{uuid.uuid4().hex[:8]}.partial"
     written = 0
@@ -378,6 +379,9 @@ def upload(
                 raise HypervError(f"{share.unc(remote)} already exists; not overwriting it")
             share.remove(remote)
         with share.errors(remote):
+            parent = remote.replace("\\", "/").rstrip("/").rpartition("/")[0]
+            if parent:
+                smbclient.makedirs(share.unc(parent), exist_ok=True, **share.kwargs())
             with (
                 local.open("rb") as src,
                 smbclient.open_file(share.unc(partial), mode="xb", buffering=0, **share.kwargs()) as dst,

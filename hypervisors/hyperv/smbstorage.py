@@ -6,8 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import smbclient
-
 from .exceptions import ConnectionFailed
 from .shares import ShareMap
 from .smb import SmbEncryption, SmbSettings, SmbShare, VhdxReader, upload
@@ -42,12 +40,7 @@ class SmbStorage:
 
     def upload(self, local: Path, windows_path: str, progress: Callable[[int], None] | None = None) -> None:
         share, inner = self.shares.locate(windows_path)
-        smb = self._share(share).connect()
-        folder = inner.rpartition("\\")[0]
-        if folder:
-            with smb.errors(folder):
-                smbclient.makedirs(smb.unc(folder), exist_ok=True, **smb.kwargs())
-        upload(smb, local, inner, progress=progress)
+        upload(self._share(share), local, inner, progress=progress)  # creates missing folders
 
     def remove(self, windows_path: str) -> None:
         share, inner = self.shares.locate(windows_path)

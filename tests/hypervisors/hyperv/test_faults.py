@@ -4,7 +4,6 @@ half point, never a checkpoint left behind, and the next backup continues the ch
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ import pytest
 from vmkeep.agent.engine.backup import BackupOptions
 from vmkeep.hypervisors.hyperv.exceptions import AuthenticationFailed, CheckpointError, HypervError
 from vmkeep.hypervisors.hyperv.simulator.host import SimHost, WmiMethod
-from vmkeep.hypervisors.hyperv.simulator.samba import SambaServer
 from vmkeep.hypervisors.hyperv.simulator.wsman import Action
 from vmkeep.repository.points import ReadMode, RecoveryPoint
 from vmkeep.repository.repo import Repository
@@ -171,29 +169,11 @@ def test_a_failed_commit_destroys_the_new_reference_point(
     _next_continues_the_chain(lab, repo, tmp_path)
 
 
-def _smbd_children(samba: SambaServer) -> list[int]:
-    main = samba._process.pid if samba._process is not None else -1
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == main:
-                children.append(int(entry))
-    return children
-
-
 def test_a_dropped_smb_connection_mid_read_is_resumed(lab: HypervLab, repo: Repository, tmp_path: Path) -> None:
     _first(lab, repo)
     random_writes(lab.host, VM, 30, seed=8)
 
-    def drop() -> None:
-        for pid in _smbd_children(lab.samba):
-            os.kill(pid, signal.SIGKILL)
-
-    point, frozen = back_up(lab, repo, VM, during_read=drop, options=BackupOptions(workers=1))
+    point, frozen = back_up(lab, repo, VM, during_read=lab.samba.drop_connections, options=BackupOptions(workers=1))
     assert restored_bytes(repo, point, tmp_path / "r") == [frozen.disks[0]]
     _next_continues_the_chain(lab, repo, tmp_path)
 

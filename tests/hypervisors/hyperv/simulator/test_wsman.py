@@ -33,11 +33,12 @@ def session(server: WsmanServer, account: HypervAccount, password: str | None = 
         auth=(account.qualified, account.password if password is None else password),
         transport="ntlm",
         message_encryption="always",
+        ca_trust_path=None,  # plain http; and no warning about REQUESTS_CA_BUNDLE
     )
 
 
 def protocol(server: WsmanServer, account: HypervAccount, **kwargs: object) -> Protocol:
-    params: dict[str, object] = {"transport": "ntlm", "message_encryption": "always"}
+    params: dict[str, object] = {"transport": "ntlm", "message_encryption": "always", "ca_trust_path": None}
     params.update(kwargs)
     return Protocol(server.endpoint, username=account.qualified, password=account.password, **params)  # type: ignore[arg-type]
 
