@@ -51,3 +51,12 @@ def test_full_then_incrementals_restore_to_the_frozen_parent(
         assert restored_bytes(repo, point, tmp_path / f"r{n}") == [frozen.disks[0], frozen.disks[1]]
         assert len(host.reference_points(VM)) == 1  # the previous one was destroyed after the commit
         assert host.checkpoints(VM) == []
+
+
+def test_a_script_too_long_for_a_command_line_goes_on_stdin_and_is_still_recognised(hyperv_lab: HypervLab) -> None:
+    name = "v" * 4000  # the rendered list-vms no longer fits 8,191 characters as -EncodedCommand
+    with hyperv_lab.platform() as platform:
+        assert platform.control.inventory(name).vms == []
+    last = hyperv_lab.wsman.log.commands[-1]
+    assert last.via_bootstrap
+    assert hyperv_lab.host.calls_of("list-vms")[-1].params == {"vm": name}
