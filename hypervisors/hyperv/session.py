@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# ERROR_VHD_INVALID_CHANGE_TRACKING_ID, ..._CHANGE_TRACKING_DISABLED, ..._MISSING_CHANGE_TRACKING_INFORMATION
+RCT_REFUSALS = frozenset({0xC03A0029, 0xC03A002A, 0xC03A0030})
 MAX_CHANGE_CALLS = 100_000  # GetVirtualDiskChanges calls per disk before the answer counts as broken
 WINRM_READ_CHUNK = 1024 * 1024  # bytes per read-disk call on the WinRM fallback
 DEFAULT_FALLBACK_LIMIT = 256 * 1024 * 1024  # most bytes per disk read through WinRM when SMB is unreachable
@@ -97,7 +99,9 @@ class HypervSession(BackupSession):
             try:
                 page = self.control.changes(self._snapshot, path, token, offset, disk.capacity - offset)
             except HostCallError as exc:
-                return self._full(disk, f"Hyper-V refused the RCT id ({_short(exc)})")
+                if exc.code in RCT_REFUSALS:
+                    return self._full(disk, f"Hyper-V refused the RCT id ({_short(exc)})")
+                return self._full(disk, f"GetVirtualDiskChanges failed ({_short(exc)})")
             end = offset + page.processed
             if page.processed <= 0 or end > disk.capacity:
                 return self._full(disk, f"GetVirtualDiskChanges processed {page.processed} bytes from offset {offset}")

@@ -244,3 +244,10 @@ def _next_continues_the_chain_ignoring_orphans(lab: HypervLab, repo: Repository,
     assert point.disks[0].mode == ReadMode.INCREMENTAL, point.disks[0].reason
     assert restored_bytes(repo, point, tmp_path / "next") == [frozen.disks[0]]
     assert lab.host.checkpoints(VM) == []
+
+
+def test_a_failed_change_query_reads_in_full(lab: HypervLab, repo: Repository, tmp_path: Path) -> None:
+    _first(lab, repo)
+    lab.host.fail_next(WmiMethod.GET_VIRTUAL_DISK_CHANGES, "the job was cancelled")
+    _full_with_reason(lab, repo, tmp_path, "GetVirtualDiskChanges failed", "cancelled")
+    _next_continues_the_chain(lab, repo, tmp_path)
