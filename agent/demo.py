@@ -128,7 +128,7 @@ def write_sample_disk(write: Callable[[int, bytes], None], size: int, seed: int 
 def run_vsphere_demo(workdir: Path | None, size: int, say: Callable[[str], None]) -> DemoResult:
     from vmkeep.hypervisors.tls import TlsPolicy
     from vmkeep.hypervisors.vsphere.connection import ConnectionSettings, VSphereConnection
-    from vmkeep.hypervisors.vsphere.restore import RestoreTarget, restore_vm
+    from vmkeep.hypervisors.vsphere.restore import VsphereRestoreTarget, restore_vm
     from vmkeep.hypervisors.vsphere.session import VSphereSession
     from vmkeep.hypervisors.vsphere.simulator import Simulator, SimulatorOptions, build, needs_build
     from vmkeep.hypervisors.vsphere.simulator_tls import make_tls_material
@@ -180,12 +180,12 @@ def run_vsphere_demo(workdir: Path | None, size: int, say: Callable[[str], None]
             step("snapshots", "every backup snapshot was removed", ok=api.state(vm_name).snapshots == ())
 
             latest = points[-1]
-            target = RestoreTarget(f"{vm_name}-restored", "LocalDS_0")
+            target = VsphereRestoreTarget(f"{vm_name}-restored", "LocalDS_0")
             restored = restore_vm(conn, latest.hardware, disk_images(repo, latest, 2), target)
             same = sha256_chunks(lambda off, n: api.read(restored.name, off, n), size) == digests[-1]
             step(
                 "restore to host",
-                f"new VM {restored.name} ({restored.moref}): its disk is "
+                f"new VM {restored.name} ({restored.id}): its disk is "
                 f"{'identical to' if same else 'DIFFERENT from'} the disk at the snapshot",
                 ok=same,
             )

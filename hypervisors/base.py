@@ -1,10 +1,20 @@
-"""The one small interface every backup source implements (vSphere, Hyper-V, a disk image).
+"""The platform contract: what every backup source implements (vSphere, Hyper-V, a disk image).
 
 A source opens a *backup session* on a VM: a snapshot or checkpoint that freezes its disks.
 The session lists the frozen disks, says which extents changed since a change token kept in
-an earlier recovery point (or that a full read is needed, and why), reads byte ranges,
-describes the VM's hardware, and is always closed, also on failure, which removes the
-snapshot. Restoring a disk set to a new VM is the other half, added per platform.
+an earlier recovery point (or that a full read is needed, and why), reads byte ranges and
+describes the VM's hardware. The engine then commits a recovery point in steps the session
+takes part in::
+
+    read every disk -> packs durable -> state = session.prepare_commit()
+      -> point (state.tokens, state.source, session.warnings) -> save the point
+           failed: session.commit_failed(), the error is raised
+           saved:  session.committed = True; session.after_commit(point, previous)
+    always: session.close(committed)
+
+Points are immutable: whatever a platform must record in a point (its change tokens, the id
+of a reference point) is known in ``prepare_commit``, before the point is written. Restoring a
+disk set to a new VM is the other half, on the ``Platform`` (hypervisors/platforms.py).
 """
 
 from __future__ import annotations
@@ -13,7 +23,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from vmkeep.repository.points import RecoveryPoint
 
 
 @dataclass(frozen=True)
@@ -51,11 +64,38 @@ class Changes:
     extents: list[Extent]
 
 
+@dataclass(frozen=True)
+class CommitState:
+    """What ``prepare_commit`` hands the engine for the point about to be written.
+
+    ``tokens``: disk key -> the change token that disk's record must hold (every disk of
+    ``disks()``; a missing key records None). ``source``: keys merged into the point's
+    ``source`` (e.g. the id of a Hyper-V reference point); they must not be secrets.
+    """
+
+    tokens: dict[str, str | None]
+    source: dict[str, Any] = field(default_factory=dict)
+
+
 class BackupSession(ABC):
-    """A VM frozen for backup. Use as a context manager: ``close`` always runs."""
+    """A VM frozen for backup. Use as a context manager: ``close`` always runs.
+
+    Subclasses call ``super().__init__()`` first: it creates the lists below.
+    """
 
     vm_name: str
-    cleanup_error: str | None = None  # set by ``close`` when it could not undo something (a snapshot)
+
+    def __init__(self) -> None:
+        # Things that happened before the commit ("tracking was reset; read in full"): the engine
+        # stores them in the point and the job's result shows them.
+        self.warnings: list[str] = []
+        # Problems while cleaning up (a snapshot that could not be removed): filled by ``close``;
+        # the job's result is then WARNING, with these in its warnings.
+        self.close_warnings: list[str] = []
+        # Why ``after_commit`` failed, filled by the engine: the point stands, the result is WARNING.
+        self.after_commit_errors: list[str] = []
+        # Set by the engine once the point is durable; ``__exit__`` passes it to ``close``.
+        self.committed = False
 
     @abstractmethod
     def disks(self) -> list[DiskInfo]: ...
@@ -79,20 +119,42 @@ class BackupSession(ABC):
     def source_info(self) -> dict[str, Any]:
         """Where the backup came from, recorded in the point (no secrets).
 
-        ``type`` names the kind of source; ``chain``, if given, identifies the VM beyond its
-        name, so that only points of the same VM serve as the base of an incremental.
+        ``type`` names the kind of source (a ``PlatformKind``); ``chain``, if given, identifies
+        the VM beyond its name, so that only points of the same VM serve as the base of an
+        incremental.
         """
         return {}
 
+    def prepare_commit(self) -> CommitState:
+        """Called once, after every disk is read and the packs are durable, just before the point is written.
+
+        Returns the change tokens the point records and keys for its ``source``. Default: the
+        tokens ``disks()`` gave, no source keys. An exception here commits nothing.
+        """
+        return CommitState({d.key: d.change_token for d in self.disks()})
+
+    def commit_failed(self) -> None:  # noqa: B027 (a hook: doing nothing is the default)
+        """Writing the point failed after ``prepare_commit`` succeeded: undo what it did."""
+
+    def after_commit(self, point: RecoveryPoint, previous: RecoveryPoint | None) -> None:  # noqa: B027
+        """The point is durable. ``previous`` is the point this backup was based on, or None.
+
+        An exception here does not undo the point: it becomes a warning on the job's result.
+        """
+
     @abstractmethod
-    def close(self) -> None:
-        """End the session: remove the snapshot or checkpoint. Must be safe to call twice."""
+    def close(self, committed: bool) -> None:
+        """End the session: remove the snapshot or checkpoint. Always called, also on failure.
+
+        ``committed`` says whether a point was committed. What cannot be undone is appended to
+        ``close_warnings`` rather than raised. Must be safe to call twice.
+        """
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+        self.close(self.committed)
 
 
 @dataclass(frozen=True)

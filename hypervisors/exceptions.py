@@ -25,3 +25,15 @@ class UntrustedCertificate(SourceUnavailable):
 
 class CleartextRefused(SourceError):
     """A plain-text URL for a connection that carries secrets, or TLS options for one."""
+
+
+class PlatformNotInstalled(SourceError):
+    """The platform's module or one of its dependencies is not installed (a pip extra is missing)."""
+
+
+class NoRestoreToHost(SourceError):
+    """The platform cannot create VMs (a disk image): restore to a directory instead."""
+
+
+class NeedsAttention(SourceError):
+    """The point is committed, but a step after it left something to attend to (a snapshot not removed)."""

@@ -133,6 +133,7 @@ class RecoveryPoint:
     parent: str | None = None  # point the incremental read was based on (informational only)
     hostname: str = ""
     duration: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # what the backup said needs knowing ("tracking was reset")
     id: str = ""  # the point file's name; not part of its content
 
     @property
@@ -164,6 +165,7 @@ class RecoveryPoint:
             "parent": self.parent,
             "hostname": self.hostname,
             "duration": round(self.duration, 3),
+            "warnings": list(self.warnings),
             "disks": [d.to_json() for d in self.disks],
         }
         return json.dumps(doc, sort_keys=True).encode()
@@ -195,6 +197,7 @@ class RecoveryPoint:
                 parent=optional(doc, "parent", str, None),
                 hostname=optional(doc, "hostname", str, ""),
                 duration=number(doc, "duration") if "duration" in doc else 0.0,
+                warnings=_strings(doc, "warnings"),
                 disks=disks,
             )
         except (ValueError, KeyError, TypeError) as exc:
@@ -211,9 +214,18 @@ class RecoveryPoint:
             "parent": self.parent,
             "source": self.source,
             "duration": round(self.duration, 3),
+            "warnings": list(self.warnings),
             "disks": [d.to_json() for d in self.disks],
             "hardware": self.hardware,
         }
+
+
+def _strings(doc: dict[str, Any], key: str) -> list[str]:
+    """An optional list of strings (absent in points written before it: empty)."""
+    items = optional(doc, key, list, [])
+    if not all(isinstance(item, str) for item in items):
+        raise TypeError(f"{key} holds something other than strings")
+    return list(items)
 
 
 def format_time(t: datetime) -> str:

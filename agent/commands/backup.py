@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vmkeep.hypervisors.base import BackupSession
-from vmkeep.hypervisors.image.session import ImageSession
+from vmkeep.hypervisors.platforms import Endpoint, Platform, PlatformKind, SessionOptions, open_platform
 from vmkeep.repository.points import DiskRecord, RecoveryPoint
 from vmkeep.repository.repo import Repository
 
@@ -107,9 +107,20 @@ def run_cli_tasks(tasks: list[BackupTask], resources: Resources, retry: RetryPol
     return results
 
 
+def session_opener(platform: Platform) -> Callable[[BackupTask], BackupSession]:
+    """Opens the task's VM on ``platform`` with the task's options."""
+
+    def open_session(task: BackupTask) -> BackupSession:
+        return platform.open_session(task.vm, SessionOptions(quiesce=task.options.quiesce))
+
+    return open_session
+
+
 def cmd_backup_image(args: argparse.Namespace) -> int:
-    with open_repository(args) as repo:
-        resources = CliResources(repo, lambda task: ImageSession(args.image, args.name, args.hints), args.quiet)
+    with open_repository(args) as repo, open_platform(PlatformKind.IMAGE, Endpoint(str(args.image))) as platform:
+        # An image's session is named after the file unless --name says otherwise ("" asks for that).
+        options = SessionOptions(change_hints=args.hints)
+        resources = CliResources(repo, lambda task: platform.open_session(args.name or "", options), args.quiet)
         vm = args.name or args.image.name
         [result] = run_cli_tasks(
             [BackupTask("backup-image", vm, str(args.image), repo.location, options_from(args))], resources
@@ -146,6 +157,8 @@ def report(points: list[RecoveryPoint]) -> None:
                 f"  {d.name}: {human_size(d.capacity)}, {how}: read {read_figure(d)}, "
                 f"new {human_size(d.new_bytes)}, stored {human_size(d.stored_bytes)}, zero {human_size(d.zero_bytes)}"
             )
+        for warning in point.warnings:
+            print(f"  warning: {warning}")
 
 
 def read_figure(disk: DiskRecord) -> str:

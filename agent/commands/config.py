@@ -85,15 +85,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _check_sources(cfg: LoadedConfig) -> list[dict[str, Any]]:
-    from vmkeep.hypervisors.vsphere.connection import VSphereConnection
+    from vmkeep.hypervisors.platforms import open_platform
 
-    from ..config.resolve import source_settings
+    from ..config.resolve import source_endpoint, source_kind
 
     out = []
     for name, source in cfg.config.sources.items():
         error = None
         try:
-            with VSphereConnection(source_settings(name, source)):
+            with open_platform(source_kind(source), source_endpoint(name, source)):
                 pass
         except (SourceError, ConfigError) as exc:
             error = str(exc)

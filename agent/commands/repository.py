@@ -310,6 +310,12 @@ def cmd_points(args: argparse.Namespace) -> int:
             row.append(human_size(sizes.get(p.id, 0)))
         rows.append(row)
     print_table(headers, rows, right={4, 5, 6, 7, 8, 9})
+    noted = [p for p in points if p.warnings]
+    if noted:
+        print()
+        for p in noted:
+            for warning in p.warnings:
+                print(f"{p.short_id} {p.vm}: warning: {warning}")
     return EXIT_OK
 
 

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+from vmkeep.hypervisors.exceptions import SourceError
+from vmkeep.hypervisors.platforms import PlatformKind, RestoreTarget, platform_class, platform_kind, platform_vm
+from vmkeep.repository.points import RecoveryPoint
 
 from ..engine.restore import disk_images, restore_point_to_dir
 from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from ..terminal import TerminalProgress
 from .common import EXIT_OK, json_option, no_lock_option, open_repository, repo_options
-from .vsphere import tls_options
+from .vsphere import endpoint_from, host_options, tls_options
+
+# The options that name the host to restore to, one per platform (as HOST_OPTIONS of backup).
+RESTORE_HOST_OPTIONS: list[tuple[str, PlatformKind, str, str]] = [
+    ("--to-host", PlatformKind.VSPHERE, "URL", "vCenter or ESXi address or URL"),
+]
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "addresses), each disk is uploaded and read back to check it; an existing VM is never overwritten, "
         "and a failed restore removes the half-created VM.",
     )
-    host.add_argument("--to-host", dest="server", metavar="URL", help="vCenter or ESXi address or URL")
+    host_options(host, RESTORE_HOST_OPTIONS, required=False)
     host.add_argument("--user", "-u", help="vSphere user")
     host.add_argument("--password-file", type=Path, metavar="FILE", help="vSphere password file ($VMKEEP_PASSWORD)")
     tls_options(host)
@@ -73,54 +83,71 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def restore_to_host(args: argparse.Namespace) -> int:
-    from vmkeep.hypervisors.vsphere.connection import VSphereConnection
-    from vmkeep.hypervisors.vsphere.restore import RestoreTarget, restore_vm
+def _vsphere_target(args: argparse.Namespace, point: RecoveryPoint) -> RestoreTarget:
+    from vmkeep.hypervisors.vsphere.restore import VsphereRestoreTarget
 
-    from .vsphere import settings_from
-
-    missing = [option for option, value in (("--user", args.user), ("--datastore", args.datastore)) if not value]
-    if missing:
-        raise ConfigError(f"--to-host needs {' and '.join(missing)}")
     network_map = {}
     for item in args.network:
         old, sep, new = item.partition("=")
         if not sep or not old or not new:
             raise ConfigError(f"--network takes OLD=NEW, not {item!r}")
         network_map[old] = new
+    return VsphereRestoreTarget(
+        name=args.name or f"{point.vm}-restored",
+        datastore=args.datastore,
+        folder=args.folder,
+        esx_host=args.esx_host,
+        network_map=network_map,
+        power_on=args.power_on,
+        verify=not args.no_verify,
+    )
+
+
+# Per platform that restores to a host: the options it needs, and its target from the options.
+# A platform adds its row here; a point of a platform without one is refused with one line.
+HOST_TARGETS: dict[
+    PlatformKind, tuple[tuple[str, ...], Callable[[argparse.Namespace, RecoveryPoint], RestoreTarget]]
+] = {
+    PlatformKind.VSPHERE: (("--user", "--datastore"), _vsphere_target),
+}
+
+
+def restore_to_host(args: argparse.Namespace) -> int:
+    """Restore to the host the host option names; a point of another platform is refused."""
+    kind: PlatformKind = args.platform
+    needed, make_target = HOST_TARGETS[kind]
+    missing = [option for option in needed if not getattr(args, option.lstrip("-").replace("-", "_"))]
+    if missing:
+        raise ConfigError(f"{args.host_option} needs {' and '.join(missing)}")
     workers = max(1, args.workers)
-    settings = settings_from(args)  # a refused URL or TLS option fails before the repository is opened
+    endpoint = endpoint_from(args, kind)  # a refused URL or TLS option fails before the repository is opened
     with open_repository(args) as repo, repo.read_lock("restore"):
         point = repo.find_point(args.point)
-        if point.source.get("type") != "vsphere" or not point.hardware:
-            raise ConfigError(f"point {point.short_id} is not of a vSphere VM; restore it with --to-dir")
-        target = RestoreTarget(
-            name=args.name or f"{point.vm}-restored",
-            datastore=args.datastore,
-            folder=args.folder,
-            esx_host=args.esx_host,
-            network_map=network_map,
-            power_on=args.power_on,
-            verify=not args.no_verify,
-        )
+        try:
+            made_by: PlatformKind | None = platform_kind(point.source.get("type"))
+        except SourceError:
+            made_by = None
+        if made_by != kind:
+            what = platform_vm(made_by) if made_by is not None else f"a source of type {point.source.get('type')!r}"
+            raise ConfigError(
+                f"point {point.short_id} was made from {what}, not {platform_vm(kind)}: "
+                f"{args.host_option} cannot restore it; restore it with --to-dir"
+            )
+        if not point.hardware:
+            raise ConfigError(
+                f"point {point.short_id} records no hardware to create a VM with; restore it with --to-dir"
+            )
+        target = make_target(args, point)
         images = disk_images(repo, point, workers)
         progress = TerminalProgress(quiet=args.quiet)
         progress.disk_started(point.vm, "all disks", sum(d.capacity for d in point.disks), "upload", None)
-        with VSphereConnection(settings) as conn:
-            restored = restore_vm(conn, point.hardware, images, target, progress=progress.advance)
+        with platform_class(kind).connect(endpoint) as platform:
+            restored = platform.restore_to_host(point.hardware, images, target, progress=progress.advance)
         progress.disk_finished("all disks")
     if args.json:
-        print_json(
-            {
-                "point": point.id,
-                "vm": restored.name,
-                "moref": restored.moref,
-                "disks": restored.disks,
-                "powered_on": restored.powered_on,
-            }
-        )
+        print_json({"point": point.id, **restored.to_json()})
     else:
-        print(f"restored {point.vm} ({point.short_id}) to {args.server} as VM {restored.name} ({restored.moref})")
+        print(f"restored {point.vm} ({point.short_id}) to {args.server} as VM {restored.name} ({restored.id})")
         names = {d.key: d.name for d in point.disks}
         for d in restored.disks:
             print(

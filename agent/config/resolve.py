@@ -16,7 +16,7 @@ from ..exceptions import ConfigError
 from .model import RepositoryConfig, SourceConfig
 
 if TYPE_CHECKING:
-    from vmkeep.hypervisors.vsphere.connection import ConnectionSettings
+    from vmkeep.hypervisors.platforms import Endpoint, PlatformKind
 
 
 def source_password(name: str, source: SourceConfig) -> str:
@@ -36,12 +36,20 @@ def source_password(name: str, source: SourceConfig) -> str:
     return stored
 
 
-def source_settings(name: str, source: SourceConfig) -> ConnectionSettings:
+def source_kind(source: SourceConfig) -> PlatformKind:
+    """The platform a source of the job file is on (its ``type``)."""
+    from vmkeep.hypervisors.platforms import platform_kind
+
+    return platform_kind(source.type)
+
+
+def source_endpoint(name: str, source: SourceConfig) -> Endpoint:
+    """Where the source is and how to log in, for ``open_platform`` (the password read now)."""
+    from vmkeep.hypervisors.platforms import Endpoint
     from vmkeep.hypervisors.tls import TlsPolicy
-    from vmkeep.hypervisors.vsphere.connection import ConnectionSettings
 
     tls = TlsPolicy(ca_file=source.ca_path, thumbprint=source.thumbprint, allow_cleartext=source.allow_cleartext)
-    return ConnectionSettings(source.url, source.user, source_password(name, source), tls)
+    return Endpoint(source.url, source.user, source_password(name, source), tls)
 
 
 def repository_passphrase(name: str, repo: RepositoryConfig) -> bytes | None:

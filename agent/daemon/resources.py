@@ -11,7 +11,7 @@ from vmkeep.repository.repo import Repository
 
 from ..config.load import LoadedConfig
 from ..config.model import RepositoryConfig
-from ..config.resolve import open_repository, source_settings
+from ..config.resolve import open_repository, source_endpoint, source_kind
 from ..engine.cancel import CancelToken
 from ..engine.jobs import BackupTask, Resources
 from ..engine.leases import SharedRepository
@@ -63,16 +63,16 @@ class AgentResources(Resources):
 
     @contextmanager
     def session(self, task: BackupTask) -> Iterator[BackupSession]:
-        from vmkeep.hypervisors.vsphere.connection import VSphereConnection
-        from vmkeep.hypervisors.vsphere.session import VSphereSession
+        """A login to the task's source (its platform from the registry), and a session on its VM."""
+        from vmkeep.hypervisors.platforms import SessionOptions, open_platform
 
         source = self.cfg.config.sources[task.source]
         if self._on_session is not None:
             self._on_session(task.job, task.vm, True)
         try:
             with (
-                VSphereConnection(source_settings(task.source, source)) as conn,
-                VSphereSession(conn, task.vm, quiesce=task.options.quiesce) as session,
+                open_platform(source_kind(source), source_endpoint(task.source, source)) as platform,
+                platform.open_session(task.vm, SessionOptions(quiesce=task.options.quiesce)) as session,
             ):
                 yield session
         finally:

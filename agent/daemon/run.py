@@ -150,16 +150,16 @@ def _status(results: list[VmResult]) -> RunStatus:
 
 def plan_tasks(name: str, cfg: LoadedConfig, only_vms: list[str] | None) -> tuple[list[BackupTask], list[VmResult]]:
     """The job's VMs found in the source's inventory now: tasks, and failed results for the others."""
-    from vmkeep.hypervisors.vsphere.connection import VSphereConnection
-    from vmkeep.hypervisors.vsphere.inventory import list_vms
+    from vmkeep.hypervisors.platforms import open_platform
 
-    from ..config.resolve import source_settings
+    from ..config.resolve import source_endpoint, source_kind
 
     config = cfg.config
     job = config.jobs[name]
+    source = config.sources[job.source]
     try:
-        with VSphereConnection(source_settings(job.source, config.sources[job.source])) as conn:
-            inventory = [v for v in list_vms(conn) if not v.template]
+        with open_platform(source_kind(source), source_endpoint(job.source, source)) as platform:
+            inventory = [v for v in platform.list_vms() if not v.template]
     except (SourceError, AgentError) as exc:
         raise JobFailed(f"source {job.source!r}: {exc}") from None
     options = TaskOptions(full_every=job.full_every, workers=job.workers, quiesce=job.quiesce)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from vmkeep.hypervisors.base import BackupSession, DiskInfo
+from vmkeep.hypervisors.exceptions import SourceError
 from vmkeep.repository.exceptions import CorruptRepository
 from vmkeep.repository.format import FORMAT, BlobType
 from vmkeep.repository.points import ChainKey, DiskRecord, RecoveryPoint
@@ -60,32 +61,59 @@ def backup_vm(
 ) -> RecoveryPoint:
     """Back up the VM behind an open session into ``repo`` and return the committed point.
 
-    The caller holds a shared repository lock and closes the session. On any error nothing is
-    committed: packs already written are garbage for gc, and the repository stays consistent.
-    ``token`` (default: the process's) stops the backup at the next block when cancelled.
+    The caller holds a shared repository lock and closes the session (``close(session.committed)``).
+    The commit follows the platform contract (hypervisors/base.py): every disk read, packs
+    durable, ``prepare_commit`` gives the change tokens and source keys the point records, the
+    point is saved (``commit_failed`` if that fails), then ``after_commit``, whose failure leaves
+    the point and is kept in ``session.after_commit_errors``. On any error before the point is
+    saved nothing is committed: packs already written are garbage for gc, and the repository
+    stays consistent. ``token`` (default: the process's) stops the backup at the next block.
     """
     started = time.monotonic()
     token = token or cancel.root()
-    job = _BackupJob(session, repo, options or BackupOptions(), progress or Progress(), token)
+    progress = progress or Progress()
+    job = _BackupJob(session, repo, options or BackupOptions(), progress, token)
     try:
         records = [job.back_up_disk(disk) for disk in session.disks()]
         job.writer.flush()  # packs durable, then index: only now may a point refer to them
         token.check()  # the last moment to stop: next, the point is committed
+        state = session.prepare_commit()
+        for record in records:
+            record.change_token = state.tokens.get(record.key)
         point = RecoveryPoint(
             vm=session.vm_name,
             time=datetime.now(UTC),
             disks=records,
             block_size=repo.config.block_size,
-            source=session.source_info(),
+            source={**session.source_info(), **state.source},
             hardware=session.hardware(),
             parent=job.previous.id if job.previous is not None else None,
             hostname=socket.gethostname(),
             duration=time.monotonic() - started,
+            warnings=list(session.warnings),
         )
-        repo.save_point(point)
-        return point
+        try:
+            repo.save_point(point)
+        except BaseException:
+            try:
+                session.commit_failed()
+            except Exception as exc:  # the save's error is the one to report
+                progress.warn(f"{session.vm_name}: undoing the preparation of the commit failed too: {exc}")
+            raise
+        session.committed = True
     finally:
         job.writer.close()
+    try:
+        session.after_commit(point, job.previous)
+    except Exception as exc:
+        message = f"after the point {point.short_id} was committed: {_describe(exc)}"
+        session.after_commit_errors.append(message)
+        progress.warn(f"{session.vm_name}: {message}")
+    return point
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
 
 
 def chain_points(repo: Repository, session: BackupSession) -> list[RecoveryPoint]:
@@ -137,9 +165,7 @@ class _BackupJob:
         session, repo = self.session, self.repo
         block_size = repo.config.block_size
         plan = plan_disk(session, disk, self.previous, block_size, force_full=self.full_reason)
-        record = DiskRecord(
-            key=disk.key, capacity=disk.capacity, tree="", label=disk.label, change_token=disk.change_token
-        )
+        record = DiskRecord(key=disk.key, capacity=disk.capacity, tree="", label=disk.label)  # token: at commit
         name = record.name
         record.identity = dict(disk.identity)
 

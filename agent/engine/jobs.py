@@ -119,6 +119,8 @@ class VmResult:
     stored_bytes: int = 0
     new_bytes: int = 0
     error: str | None = None
+    # The point's warnings, then what went wrong after its commit or while closing the session.
+    warnings: list[str] = field(default_factory=list)
     point: RecoveryPoint | None = field(default=None, repr=False, compare=False)
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
@@ -141,6 +143,7 @@ class VmResult:
             "stored_bytes": self.stored_bytes,
             "new_bytes": self.new_bytes,
             "error": self.error,
+            "warnings": list(self.warnings),
         }
 
 
@@ -191,20 +194,31 @@ def run_task(task: BackupTask, resources: Resources, token: CancelToken, retry: 
 
 
 def _attempt(task: BackupTask, resources: Resources, token: CancelToken, started: datetime) -> VmResult:
+    """One try: the session's context closes it with ``committed`` as the engine left it."""
     result = VmResult(task.job, task.vm, VmStatus.FAILED, started)
     session: BackupSession | None = None
+    point: RecoveryPoint | None = None
+    attention: list[str] = []  # after the commit: what the administrator must see to
     try:
         token.check()
         with resources.slot(task, token), resources.repository(task) as repo, resources.session(task) as session:
             token.check()
             point = backup_vm(session, repo, task.options.backup_options(), resources.progress(task), token)
     except Interrupted as exc:
-        result.status, result.error, result.exception = VmStatus.INTERRUPTED, str(exc), exc
-        return result
+        if point is None:
+            result.status, result.error, result.exception = VmStatus.INTERRUPTED, str(exc), exc
+            return result
+        attention.append(f"interrupted while ending the session: {exc}")
     except Exception as exc:
-        log.debug("job=%s vm=%s failed", task.job, task.vm, exc_info=True)
-        result.error, result.exception = _describe(exc), exc
-        return result
+        if point is None:
+            log.debug("job=%s vm=%s failed", task.job, task.vm, exc_info=True)
+            result.error, result.exception = _describe(exc), exc
+            return result
+        log.debug("job=%s vm=%s: ending the session failed", task.job, task.vm, exc_info=True)
+        attention.append(f"ending the session failed: {_describe(exc)}")  # the point stands
+    assert point is not None
+    if session is not None:
+        attention = [*session.after_commit_errors, *session.close_warnings, *attention]
     result.status = VmStatus.SUCCEEDED
     result.point, result.point_id, result.kind = point, point.id, point.kind
     reasons = [d.reason for d in point.disks if d.reason]
@@ -212,8 +226,9 @@ def _attempt(task: BackupTask, resources: Resources, token: CancelToken, started
     result.read_bytes = sum(d.read_bytes for d in point.disks)
     result.stored_bytes = sum(d.stored_bytes for d in point.disks)
     result.new_bytes = sum(d.new_bytes for d in point.disks)
-    if session is not None and session.cleanup_error:
-        result.status, result.error = VmStatus.WARNING, session.cleanup_error
+    result.warnings = [*point.warnings, *attention]
+    if attention:
+        result.status, result.error = VmStatus.WARNING, "; ".join(attention)
     return result
 
 

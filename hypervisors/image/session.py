@@ -19,6 +19,7 @@ class ImageSession(BackupSession):
     """Backs up one image. Nothing is frozen: the caller must keep the image still meanwhile."""
 
     def __init__(self, path: Path, name: str | None = None, hints: Path | None = None) -> None:
+        super().__init__()
         self.path = path
         self.vm_name = name or path.stem or path.name
         try:
@@ -81,7 +82,7 @@ class ImageSession(BackupSession):
         path = str(self.path.resolve())
         return {"type": "image", "path": path, "chain": path}
 
-    def close(self) -> None:
+    def close(self, committed: bool) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -17,6 +17,7 @@ from typing import Any
 from pyVmomi import vim
 
 from ..base import DiskImage
+from ..platforms import RestoredVm, RestoreTarget
 from .connection import VSphereConnection
 from .exceptions import RestoreError, VSphereError
 from .hardware import CONTROLLER_TYPES, create_spec
@@ -30,29 +31,18 @@ READ_BACK_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class RestoreTarget:
-    name: str
+class VsphereRestoreTarget(RestoreTarget):
     datastore: str
     folder: str | None = None  # VM folder path below the datacenter's VM folder, "a/b"
     esx_host: str | None = None  # host to register on (default: one that sees the datastore)
     network_map: dict[str, str] = field(default_factory=dict)  # recorded network name -> target name
-    power_on: bool = False
-    verify: bool = True
-
-
-@dataclass(frozen=True)
-class RestoredVm:
-    name: str
-    moref: str
-    disks: list[dict[str, Any]]  # key (recorded), file, size, sha256
-    powered_on: bool
 
 
 def restore_vm(
     conn: VSphereConnection,
     hardware: dict[str, Any],
     images: list[DiskImage],
-    target: RestoreTarget,
+    target: VsphereRestoreTarget,
     *,
     transport: DiskTransport | None = None,
     progress: Callable[[int], None] | None = None,
@@ -86,7 +76,7 @@ def restore_vm(
             restored.append({"key": image.key, "file": str(file), "size": image.capacity, "sha256": digest})
         if target.power_on:
             wait_for_task(vm.PowerOnVM_Task(), f"powering on {target.name}")
-        return RestoredVm(target.name, vm._moId, restored, target.power_on)
+        return RestoredVm(target.name, vm._moId, restored, target.power_on, id_name="moref")
     except BaseException as exc:
         log.error("restore of %s failed (%s); removing the half-restored VM", target.name, exc)
         _destroy(vm, target.name)

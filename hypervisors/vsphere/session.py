@@ -38,11 +38,10 @@ class VSphereSession(BackupSession):
         transport: DiskTransport | None = None,
         quiesce: bool = True,
     ) -> None:
+        super().__init__()
         self.conn = conn
         self.vm_name = vm_name
         self.transport = transport or HttpFlatTransport(conn)
-        self.notes: list[str] = []  # what the administrator should know about this session
-        self.cleanup_error: str | None = None
         self.snapshot: Any = None
         self.snapshot_name = ""
         summary = find_vm(conn, vm_name)
@@ -64,7 +63,7 @@ class VSphereSession(BackupSession):
             self._disks, self._files = self._read_disks()
             self._hardware = describe(self.snapshot.config, self._network_names())
         except BaseException:
-            self.close()
+            self.close(committed=False)
             raise
 
     # -- BackupSession ----------------------------------------------------------------------
@@ -104,24 +103,30 @@ class VSphereSession(BackupSession):
             "snapshot": self.snapshot_name,
         }
 
-    def close(self) -> None:
+    def close(self, committed: bool) -> None:
+        """Remove the snapshot, committed or not: vSphere's changeIds need no step after the commit."""
         snapshot, self.snapshot = self.snapshot, None
         if snapshot is None:
             return
+        problem = None
         try:
             wait_for_task(snapshot.RemoveSnapshot_Task(removeChildren=False), f"removing snapshot {self.snapshot_name}")
             log.info("%s: removed snapshot %s", self.vm_name, self.snapshot_name)
         except vmodl.fault.ManagedObjectNotFound:
-            self.notes.append(f"the VM or its snapshot {self.snapshot_name} disappeared during the backup")
+            self._disappeared()
         except TaskFailed as exc:
             if isinstance(exc.fault, vmodl.fault.ManagedObjectNotFound):
-                self.notes.append(f"the VM or its snapshot {self.snapshot_name} disappeared during the backup")
+                self._disappeared()
             else:
-                self.cleanup_error = f"could not remove snapshot {self.snapshot_name} of {self.vm_name}: {exc}"
+                problem = f"could not remove snapshot {self.snapshot_name} of {self.vm_name}: {exc}"
         except Exception as exc:
-            self.cleanup_error = f"could not remove snapshot {self.snapshot_name} of {self.vm_name}: {exc}"
-        if self.cleanup_error:
-            log.error("%s; the next backup of this VM removes it", self.cleanup_error)
+            problem = f"could not remove snapshot {self.snapshot_name} of {self.vm_name}: {exc}"
+        if problem:
+            self.close_warnings.append(problem)
+            log.error("%s; the next backup of this VM removes it", problem)
+
+    def _disappeared(self) -> None:
+        log.warning("%s: the VM or its snapshot %s disappeared during the backup", self.vm_name, self.snapshot_name)
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -134,7 +139,7 @@ class VSphereSession(BackupSession):
             if name.startswith(SNAPSHOT_PREFIX):
                 message = f"removing snapshot {name!r} left by an interrupted backup"
                 log.warning("%s: %s", self.vm_name, message)
-                self.notes.append(message)
+                self.warnings.append(message)
                 try:
                     wait_for_task(snap.RemoveSnapshot_Task(removeChildren=False), f"removing snapshot {name}")
                 except VSphereError as exc:
@@ -154,11 +159,11 @@ class VSphereSession(BackupSession):
         except VSphereError as exc:
             message = f"change tracking is off and could not be enabled ({exc})"
             log.warning("%s: %s", self.vm_name, message)
-            self.notes.append(message)
+            self.warnings.append(message)
             return False, message
         message = "change tracking was off; vmkeep enabled it, and it takes effect with this backup's snapshot"
         log.warning("%s: %s", self.vm_name, message)
-        self.notes.append(message)
+        self.warnings.append(message)
         return False, "change tracking was just enabled: this backup reads every disk in full"
 
     def _take_snapshot(self, quiesce: bool) -> tuple[Any, str]:
@@ -173,7 +178,7 @@ class VSphereSession(BackupSession):
                 if q:
                     message = f"a quiesced snapshot failed ({exc}); took a crash-consistent one instead"
                     log.warning("%s: %s", self.vm_name, message)
-                    self.notes.append(message)
+                    self.warnings.append(message)
                     continue
                 raise SnapshotError(f"{self.vm_name}: {exc}") from None
             except vmodl.MethodFault as exc:
