@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.certs",
+    "tests.fixtures.hyperv",
     "tests.fixtures.repos",
     "tests.fixtures.vcsim",
 ]
