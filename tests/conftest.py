@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.certs",
+    "tests.fixtures.redis",
     "tests.fixtures.repos",
     "tests.fixtures.vcsim",
 ]

@@ -226,6 +226,50 @@ def _describe(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc}"
 
 
+class Executor(ABC):
+    """Where the tasks of a run execute: here, in threads (:class:`LocalExecutor`), or elsewhere
+    (the fleet's Celery executor hands each task to a worker and reports its result back)."""
+
+    @abstractmethod
+    def run(
+        self,
+        tasks: list[BackupTask],
+        resources: Resources,
+        token: CancelToken,
+        *,
+        concurrency: int,
+        retry: RetryPolicy,
+        on_result: Callable[[VmResult], None] | None,
+    ) -> list[VmResult]:
+        """Run every task; the results in the order of the tasks, ``on_result`` called as each ends."""
+
+
+class LocalExecutor(Executor):
+    """The tasks in this process, ``concurrency`` threads at a time."""
+
+    def run(
+        self,
+        tasks: list[BackupTask],
+        resources: Resources,
+        token: CancelToken,
+        *,
+        concurrency: int,
+        retry: RetryPolicy,
+        on_result: Callable[[VmResult], None] | None,
+    ) -> list[VmResult]:
+        def one(task: BackupTask) -> VmResult:
+            current_task.set(task)  # each call runs in a fresh context (pool thread or copy below)
+            result = run_task(task, resources, token.child(f"{task.job}/{task.vm}"), retry)
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        if concurrency <= 1 or len(tasks) <= 1:
+            return [copy_context().run(one, t) for t in tasks]
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vmkeep-task") as pool:
+            return list(pool.map(one, tasks))
+
+
 def run_tasks(
     tasks: Iterable[BackupTask],
     resources: Resources,
@@ -234,23 +278,15 @@ def run_tasks(
     concurrency: int = 1,
     retry: RetryPolicy | None = None,
     on_result: Callable[[VmResult], None] | None = None,
+    executor: Executor | None = None,
 ) -> list[VmResult]:
     """Run every task, ``concurrency`` at a time; the results in the order of the tasks.
 
     Each task gets a child of ``token``: cancelling ``token`` stops them all at their next
-    block, and a task not yet started ends as interrupted without touching its VM.
+    block, and a task not yet started ends as interrupted without touching its VM. The
+    ``executor`` (default: :class:`LocalExecutor`) decides where they run.
     """
-    retry = retry or RetryPolicy()
-    todo = list(tasks)
-
-    def one(task: BackupTask) -> VmResult:
-        current_task.set(task)  # each call runs in a fresh context (pool thread or copy below)
-        result = run_task(task, resources, token.child(f"{task.job}/{task.vm}"), retry)
-        if on_result is not None:
-            on_result(result)
-        return result
-
-    if concurrency <= 1 or len(todo) <= 1:
-        return [copy_context().run(one, t) for t in todo]
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vmkeep-task") as pool:
-        return list(pool.map(one, todo))
+    executor = executor or LocalExecutor()
+    return executor.run(
+        list(tasks), resources, token, concurrency=concurrency, retry=retry or RetryPolicy(), on_result=on_result
+    )

@@ -1,0 +1,17 @@
+"""What can go wrong between the agent, Redis and the workers."""
+
+from __future__ import annotations
+
+from ..exceptions import AgentError, ConfigError
+
+
+class FleetError(AgentError):
+    """Redis cannot be reached, a task cannot be handed out or its answer read."""
+
+
+class FleetConfigError(ConfigError):
+    """The job file's [executor] cannot be used as asked (no celery extra, no password...)."""
+
+
+class ClaimLost(FleetError):
+    """Another worker took over a task this worker still ran (its claim on the task expired)."""

@@ -1,0 +1,175 @@
+"""The agent's side of the fleet: each VM's task to its queue, each result into the history as it comes.
+
+The scheduler stays single: the agent plans the run, hands one Celery task per VM to the queue
+of the VM's host, and polls for the answers. Each answer is recorded (history, metrics, log) the
+moment it arrives, so a Redis that restarts mid-run loses no finished task's result. If Redis
+comes back empty (no persistence), tasks that no worker took are handed out again: their
+idempotency keys keep them from running twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..daemon.logs import event
+from ..engine.cancel import CancelToken
+from ..engine.jobs import BackupTask, Executor, Resources, RetryPolicy, VmResult, VmStatus
+from .app import BACKUP_TASK, make_app
+from .claims import KEEP, TaskClaim, cancel_key
+from .results import failed, result_from_json
+from .settings import FleetSettings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger("vmkeep.agent.fleet.executor")
+
+POLL = 0.5  # seconds between two looks at the pending answers
+STOP_GRACE = 120.0  # after a cancel, how long the workers have to stop and answer
+
+
+@dataclass
+class _Pending:
+    index: int
+    task: BackupTask
+    task_id: str
+    queue: str
+    payload: dict[str, Any]
+
+
+class CeleryExecutor(Executor):
+    def __init__(self, settings: FleetSettings, version: str, per_host: int, per_datastore: int) -> None:
+        self.settings = settings
+        self.version = version
+        self.per_host = per_host
+        self.per_datastore = per_datastore
+        self._app: Celery | None = None
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            self._app = make_app(self.settings)
+        return self._app
+
+    def run(
+        self,
+        tasks: list[BackupTask],
+        resources: Resources,
+        token: CancelToken,
+        *,
+        concurrency: int,
+        retry: RetryPolicy,
+        on_result: Callable[[VmResult], None] | None,
+    ) -> list[VmResult]:
+        run = uuid.uuid4().hex
+        results: list[VmResult | None] = [None] * len(tasks)
+
+        def settle(p: _Pending, result: VmResult) -> None:
+            results[p.index] = result
+            if on_result is not None:
+                on_result(result)
+
+        pending: dict[str, _Pending] = {}
+        for index, task in enumerate(tasks):
+            payload = {
+                "task": task.to_json(),
+                "run": run,
+                "version": self.version,
+                "per_host": self.per_host,
+                "per_datastore": self.per_datastore,
+                "retries": retry.count,
+                "retry_delay": retry.delay,
+            }
+            p = _Pending(index, task, f"{run}-{index}", self.settings.queue_of(task), payload)
+            try:
+                self._send(p)
+            except Exception as exc:
+                settle(p, failed(task, f"cannot hand the task to queue {p.queue}: {_describe(exc)}"))
+                continue
+            event(logging.INFO, "task-sent", job=task.job, vm=task.vm, queue=p.queue, run=run)
+            pending[p.task_id] = p
+        self._wait(run, pending, token, settle)
+        return [r for r in results if r is not None]
+
+    def _send(self, p: _Pending) -> None:
+        self.app.send_task(BACKUP_TASK, args=[p.payload], task_id=p.task_id, queue=p.queue)
+
+    def _wait(
+        self,
+        run: str,
+        pending: dict[str, _Pending],
+        token: CancelToken,
+        settle: Callable[[_Pending, VmResult], None],
+    ) -> None:
+        client = self.settings.redis()
+        deadline = time.monotonic() + self.settings.result_timeout
+        stop_deadline: float | None = None
+        redis_id: str | None = None
+        down_since: float | None = None
+        try:
+            while pending:
+                if token.cancelled and stop_deadline is None:
+                    stop_deadline = time.monotonic() + STOP_GRACE
+                    self._cancel(client, run, token.reason)
+                try:
+                    server = str(client.info("server")["run_id"])
+                    if redis_id is not None and server != redis_id:
+                        event(logging.WARNING, "redis-restarted", "handing out again the tasks it lost", run=run)
+                        self._resend_lost(client, run, pending, token)
+                    redis_id = server
+                    for task_id, p in list(pending.items()):
+                        answer = self.app.AsyncResult(task_id)
+                        state = answer.state
+                        if state == "SUCCESS":
+                            settle(p, result_from_json(answer.result))
+                        elif state in ("FAILURE", "REVOKED"):
+                            settle(p, failed(p.task, f"the worker's task failed: {answer.result!r}"))
+                        else:
+                            continue
+                        del pending[task_id]
+                    if down_since is not None:
+                        event(logging.INFO, "redis-back", f"after {time.monotonic() - down_since:.0f}s", run=run)
+                        down_since = None
+                except Exception as exc:  # Redis down or restarting: the finished ones are recorded already
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        event(logging.WARNING, "redis-unreachable", _describe(exc), run=run)
+                now = time.monotonic()
+                if stop_deadline is not None and now > stop_deadline:
+                    for p in pending.values():
+                        settle(p, failed(p.task, f"interrupted ({token.reason})", VmStatus.INTERRUPTED))
+                    return
+                if now > deadline:
+                    for p in pending.values():
+                        error = (
+                            f"no worker answered within {self.settings.result_timeout:g}s "
+                            f"(does a running `vmkeep worker` serve queue {p.queue}?)"
+                        )
+                        settle(p, failed(p.task, error))
+                    return
+                time.sleep(POLL)
+        finally:
+            client.close()
+
+    @staticmethod
+    def _cancel(client: Any, run: str, reason: str) -> None:
+        try:
+            client.set(cancel_key(run), reason, ex=KEEP)
+        except Exception as exc:
+            event(logging.WARNING, "cancel-not-sent", _describe(exc), run=run)
+
+    def _resend_lost(self, client: Any, run: str, pending: dict[str, _Pending], token: CancelToken) -> None:
+        """After Redis came back empty: send again each task no worker holds or answered."""
+        for p in pending.values():
+            claim = TaskClaim(client, run, p.task.vm, "agent", self.settings.claim_ttl)
+            if claim.holder() is None and claim.done() is None and not token.cancelled:
+                self._send(p)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

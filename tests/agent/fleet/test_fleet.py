@@ -1,0 +1,179 @@
+"""The fleet for real: redis-server, `vmkeep worker` processes, the agent's run, vcsim, one repository."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.agent import history
+from tests.fixtures.fleet import WorkerProcess, executor_toml
+from tests.fixtures.jobfile import write_job_file
+from tests.fixtures.redis import RedisServer
+from tests.fixtures.repos import run_vmkeep
+from tests.fixtures.vcsim import Vcsim
+from tests.fixtures.vsphere import connect, disk_bytes, restored_disks
+from vmkeep.hypervisors.vsphere.inventory import list_vms
+from vmkeep.repository.repo import Repository
+
+DISK_MB = 2
+PER_HOST = 2
+
+JOB = """
+[jobs.fleet]
+source = "sim"
+repository = "main"
+vms = ["DC0_*"]
+schedule = "0 3 1 1 *"
+workers = 2
+"""
+
+
+@dataclass
+class Fleet:
+    vc: Vcsim
+    redis: RedisServer
+    config: Path
+    repo: Path
+    tmp: Path
+    hosts: dict[str, str]  # VM -> host moref
+    workers: list[WorkerProcess]
+
+    def start_worker(self, name: str, hosts: list[str], *extra: str) -> WorkerProcess:
+        worker = WorkerProcess.start(
+            self.config, name, self.tmp / name, "--hosts", ",".join(hosts), "--concurrency", "2", *extra
+        )
+        self.workers.append(worker)
+        return worker
+
+    def run_job(self) -> dict[str, object]:
+        result = run_vmkeep("jobs", "run", "fleet", "--config", self.config, "--json", timeout=600)
+        logs = "\n".join(f"--- {w.name}\n{w.log()[-4000:]}" for w in self.workers)
+        assert result.out, f"{result.err}\n{logs}"
+        doc: dict[str, object] = json.loads(result.out)
+        return doc
+
+
+@pytest.fixture
+def fleet(
+    tmp_path: Path, vcsim_factory: Callable[..., Vcsim], redis_server: RedisServer, repo_path: Path
+) -> Iterator[Fleet]:
+    vc = vcsim_factory(vms=6, disk_mb=DISK_MB)
+    executor = executor_toml(redis_server, visibility_timeout=6.0, claim_ttl=4.0, slot_ttl=4.0, result_timeout=300.0)
+    config = write_job_file(
+        tmp_path,
+        vc,
+        repo_path,
+        executor + JOB,
+        agent=f"snapshots_per_host = {PER_HOST}\nsnapshots_per_datastore = 12\n",
+    )
+    with connect(vc) as conn:
+        hosts = {v.name: v.host for v in list_vms(conn) if v.name.startswith("DC0_")}
+    assert len(hosts) == 12
+    rng = random.Random(13)
+    for vm in hosts:  # something to back up on every disk
+        for _ in range(3):
+            vc.api.write(vm, rng.randrange(0, (DISK_MB << 20) - 100_000, 4096), rng.randbytes(rng.randint(1, 100_000)))
+    fleet = Fleet(vc, redis_server, config, repo_path, tmp_path, hosts, [])
+    try:
+        yield fleet
+    finally:
+        for worker in fleet.workers:
+            worker.stop()
+
+
+def assert_every_vm_once_and_restorable(fleet: Fleet, doc: dict[str, object]) -> None:
+    vms = doc["vms"]
+    assert isinstance(vms, list)
+    assert sorted(v["vm"] for v in vms) == sorted(fleet.hosts), vms
+    assert all(v["status"] == "succeeded" for v in vms), vms
+    with Repository.open(fleet.repo, None) as repo:
+        points = repo.points()
+        assert sorted(p.vm for p in points) == sorted(fleet.hosts), "one point per VM, no more"
+        assert {p.id for p in points} == {v["point_id"] for v in vms}
+        for point in points:
+            capacity = point.disks[0].capacity
+            [content] = restored_disks(repo, point, fleet.tmp).values()
+            assert content == disk_bytes(fleet.vc, point.vm, capacity), f"{point.vm} does not restore bit-exact"
+    for state in fleet.vc.api.states():
+        assert not state.snapshots, f"{state.name} kept a snapshot"
+
+
+def test_three_workers_back_up_twelve_vms_once_each_within_the_host_limit(fleet: Fleet) -> None:
+    standalone = sorted({h for vm, h in fleet.hosts.items() if vm.startswith("DC0_H0_")})
+    cluster = sorted({h for vm, h in fleet.hosts.items() if vm.startswith("DC0_C0_")})
+    fleet.start_worker("proxy-a", standalone)
+    fleet.start_worker("proxy-b", cluster)
+    fleet.start_worker("proxy-c", cluster + standalone)
+    fleet.vc.api.reset_snapshot_record()
+
+    doc = fleet.run_job()
+
+    assert doc["status"] == "succeeded", doc
+    assert_every_vm_once_and_restorable(fleet, doc)
+    record = fleet.vc.api.snapshots()
+    assert all(most <= PER_HOST for _, most in record.values()), record
+    assert max(most for _, most in record.values()) == PER_HOST, "the limit was never reached: the test shows nothing"
+    by_worker = {w.name: {e["vm"] for e in w.events("task-succeeded")} for w in fleet.workers}
+    assert sum(len(v) for v in by_worker.values()) == 12, by_worker
+    assert by_worker["proxy-b"] <= {vm for vm, h in fleet.hosts.items() if h in cluster}, "served a foreign queue"
+    assert len([w for w, vms in by_worker.items() if vms]) >= 2, by_worker
+    rows = history(fleet.config)
+    assert sorted(r["vm"] for r in rows) == sorted(fleet.hosts)
+    assert {r["point_id"] for r in rows} == {v["point_id"] for v in doc["vms"]}  # type: ignore[union-attr]
+    for worker in fleet.workers:
+        assert fleet.redis.password not in worker.log()
+
+
+def test_a_worker_killed_mid_backup_is_replaced_and_no_point_doubles(fleet: Fleet) -> None:
+    every_host = sorted(set(fleet.hosts.values()))
+    victim_vm = "DC0_H0_VM0"
+    # the victim's disk reads stall, so that its worker is surely in the middle of its backup when killed
+    fleet.vc.api.delay(3.0, path_contains=f"{victim_vm}/", count=4)
+    workers = [fleet.start_worker(name, every_host) for name in ("proxy-a", "proxy-b", "proxy-c")]
+
+    import threading
+
+    outcome: dict[str, dict[str, object]] = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("doc", fleet.run_job()))
+    runner.start()
+    deadline_worker = None
+    while deadline_worker is None and runner.is_alive():
+        for worker in workers:
+            if worker.events("task-started", vm=victim_vm):
+                deadline_worker = worker
+                break
+    assert deadline_worker is not None, "no worker started the victim's task"
+    deadline_worker.kill9()
+    runner.join(300)
+    assert not runner.is_alive()
+
+    doc = outcome["doc"]
+    assert doc["status"] == "succeeded", doc
+    assert_every_vm_once_and_restorable(fleet, doc)
+    others = [w for w in workers if w is not deadline_worker]
+    assert any(w.events("task-retried", vm=victim_vm) for w in others), "the task was not retried elsewhere"
+    verify = run_vmkeep("verify", "--repo", fleet.repo)
+    assert verify.code == 0, verify.out + verify.err
+
+
+def test_a_worker_of_another_version_refuses_the_task(fleet: Fleet) -> None:
+    from vmkeep.agent.config.load import load_config
+    from vmkeep.agent.fleet.app import BACKUP_TASK, make_app
+    from vmkeep.agent.fleet.settings import FleetSettings
+
+    worker = fleet.start_worker("proxy-a", sorted(set(fleet.hosts.values())))
+    app = make_app(FleetSettings.of(load_config(fleet.config)))
+    task = {"job": "fleet", "vm": "DC0_H0_VM1", "source": "sim", "repository": "main", "host": fleet.hosts["DC0_H0_VM1"]}
+    payload = {"task": task, "run": "r1", "version": "0.0.1-elsewhere", "per_host": 2, "per_datastore": 2}
+    answer = app.send_task(BACKUP_TASK, args=[payload], queue=f"vmkeep.host.{task['host']}").get(timeout=60)
+    assert answer["status"] == "failed" and answer["worker"] == "proxy-a"
+    assert "runs vmkeep" in answer["error"] and "0.0.1-elsewhere" in answer["error"]
+    assert "run the same vmkeep version on the agent and on every worker" in answer["error"]
+    assert worker.events("task-refused")
+    with Repository.open(fleet.repo, None) as repo:
+        assert repo.points() == []
