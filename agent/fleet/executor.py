@@ -111,6 +111,7 @@ class CeleryExecutor(Executor):
         stop_deadline: float | None = None
         redis_id: str | None = None
         down_since: float | None = None
+        resend_at: float | None = None
         try:
             while pending:
                 if token.cancelled and stop_deadline is None:
@@ -119,9 +120,13 @@ class CeleryExecutor(Executor):
                 try:
                     server = str(client.info("server")["run_id"])
                     if redis_id is not None and server != redis_id:
+                        # live workers claim their tasks again within a quarter of the lease: wait half of it
                         event(logging.WARNING, "redis-restarted", "handing out again the tasks it lost", run=run)
-                        self._resend_lost(client, run, pending, token)
+                        resend_at = time.monotonic() + self.settings.claim_ttl / 2
                     redis_id = server
+                    if resend_at is not None and time.monotonic() >= resend_at:
+                        resend_at = None
+                        self._resend_lost(client, run, pending, token)
                     for task_id, p in list(pending.items()):
                         answer = self.app.AsyncResult(task_id)
                         state = answer.state
@@ -168,7 +173,9 @@ class CeleryExecutor(Executor):
         for p in pending.values():
             claim = TaskClaim(client, run, p.task.vm, "agent", self.settings.claim_ttl)
             if claim.holder() is None and claim.done() is None and not token.cancelled:
+                p.payload["resent"] = True  # the worker looks for a point of an earlier delivery first
                 self._send(p)
+                event(logging.INFO, "task-resent", job=p.task.job, vm=p.task.vm, queue=p.queue, run=run)
 
 
 def _describe(exc: BaseException) -> str:

@@ -107,7 +107,9 @@ class FleetLimits:
                 try:
                     self.client.zrem(key, holder)
                 except Exception as exc:  # it expires by itself
-                    log.warning("could not give back snapshot slot %s (%s); it expires in %ds", key, exc, self.ttl_ms // 1000)
+                    log.warning(
+                        "could not give back snapshot slot %s (%s); it expires in %ds", key, exc, self.ttl_ms // 1000
+                    )
 
     def _keep(self, held: list[str], holder: str, stop: threading.Event) -> None:
         """Refresh the holds a few times per ttl until told to stop."""

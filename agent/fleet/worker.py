@@ -134,7 +134,8 @@ def _execute(ctx: WorkerContext, task: BackupTask, payload: dict[str, Any]) -> d
             waited = True
         stop = ctx.redis.get(cancel_key(run))
         if stop:
-            return failed(task, stop.decode(), VmStatus.INTERRUPTED).to_json()
+            reason = stop.decode() if isinstance(stop, bytes) else str(stop)
+            return failed(task, reason, VmStatus.INTERRUPTED).to_json()
         time.sleep(1.0)
     try:
         starts = claim.count_start()
@@ -145,8 +146,9 @@ def _execute(ctx: WorkerContext, task: BackupTask, payload: dict[str, Any]) -> d
             doc = failed(task, error).to_json()
             claim.finish(doc)
             return doc
-        if starts > 1:
-            event(logging.WARNING, "task-retried", "its previous worker was lost", job=task.job, vm=task.vm)
+        if starts > 1 or payload.get("resent"):
+            why = "its previous worker was lost" if starts > 1 else "Redis lost it; the agent sent it again"
+            event(logging.WARNING, "task-retried", why, job=task.job, vm=task.vm)
             point = resources.committed_point(task)
             if point is not None:
                 event(logging.INFO, "task-already-committed", job=task.job, vm=task.vm, point=point.short_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,27 +138,25 @@ def test_a_worker_killed_mid_backup_is_replaced_and_no_point_doubles(fleet: Flee
     fleet.vc.api.delay(3.0, path_contains=f"{victim_vm}/", count=4)
     workers = [fleet.start_worker(name, every_host) for name in ("proxy-a", "proxy-b", "proxy-c")]
 
-    import threading
-
     outcome: dict[str, dict[str, object]] = {}
     runner = threading.Thread(target=lambda: outcome.setdefault("doc", fleet.run_job()))
     runner.start()
-    deadline_worker = None
-    while deadline_worker is None and runner.is_alive():
-        for worker in workers:
-            if worker.events("task-started", vm=victim_vm):
-                deadline_worker = worker
-                break
-    assert deadline_worker is not None, "no worker started the victim's task"
-    deadline_worker.kill9()
+    victim = None
+    while victim is None and runner.is_alive():
+        victim = next((w for w in workers if w.events("task-started", vm=victim_vm)), None)
+        time.sleep(0.1)
+    assert victim is not None, "no worker started the victim's task"
+    time.sleep(1.0)  # into its stalled disk reads: snapshot taken, nothing committed
+    victim.kill9()
     runner.join(300)
     assert not runner.is_alive()
 
     doc = outcome["doc"]
     assert doc["status"] == "succeeded", doc
     assert_every_vm_once_and_restorable(fleet, doc)
-    others = [w for w in workers if w is not deadline_worker]
+    others = [w for w in workers if w is not victim]
     assert any(w.events("task-retried", vm=victim_vm) for w in others), "the task was not retried elsewhere"
+    assert not victim.events("task-succeeded", vm=victim_vm)
     verify = run_vmkeep("verify", "--repo", fleet.repo)
     assert verify.code == 0, verify.out + verify.err
 
@@ -168,7 +168,13 @@ def test_a_worker_of_another_version_refuses_the_task(fleet: Fleet) -> None:
 
     worker = fleet.start_worker("proxy-a", sorted(set(fleet.hosts.values())))
     app = make_app(FleetSettings.of(load_config(fleet.config)))
-    task = {"job": "fleet", "vm": "DC0_H0_VM1", "source": "sim", "repository": "main", "host": fleet.hosts["DC0_H0_VM1"]}
+    task = {
+        "job": "fleet",
+        "vm": "DC0_H0_VM1",
+        "source": "sim",
+        "repository": "main",
+        "host": fleet.hosts["DC0_H0_VM1"],
+    }
     payload = {"task": task, "run": "r1", "version": "0.0.1-elsewhere", "per_host": 2, "per_datastore": 2}
     answer = app.send_task(BACKUP_TASK, args=[payload], queue=f"vmkeep.host.{task['host']}").get(timeout=60)
     assert answer["status"] == "failed" and answer["worker"] == "proxy-a"
