@@ -183,3 +183,29 @@ def test_a_worker_of_another_version_refuses_the_task(fleet: Fleet) -> None:
     assert worker.events("task-refused")
     with Repository.open(fleet.repo, None) as repo:
         assert repo.points() == []
+
+
+def test_redis_restarting_empty_mid_run_loses_no_result_and_doubles_no_point(fleet: Fleet) -> None:
+    every_host = sorted(set(fleet.hosts.values()))
+    for vm in ("DC0_H0_VM3", "DC0_C0_RP0_VM3", "DC0_C0_RP0_VM5"):  # a run long enough to restart Redis in
+        fleet.vc.api.delay(2.0, path_contains=f"{vm}/", count=3)
+    for name in ("proxy-a", "proxy-b", "proxy-c"):
+        fleet.start_worker(name, every_host)
+    outcome: dict[str, dict[str, object]] = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("doc", fleet.run_job()))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while len(history(fleet.config)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    finished_before = history(fleet.config)
+    assert 0 < len(finished_before) < len(fleet.hosts), "the restart was not in the middle of the run"
+    fleet.redis.restart()  # empty: no persistence
+    runner.join(300)
+    assert not runner.is_alive()
+
+    doc = outcome["doc"]
+    assert doc["status"] == "succeeded", doc
+    assert_every_vm_once_and_restorable(fleet, doc)
+    rows = history(fleet.config)
+    assert sorted(r["vm"] for r in rows) == sorted(fleet.hosts)
+    assert all(row in rows for row in finished_before)
