@@ -72,7 +72,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..daemon.logs import configure, event
     from ..fleet import app as fleet_app
     from ..fleet.app import make_app
-    from ..fleet.settings import FleetSettings, vmkeep_version
+    from ..fleet.settings import FleetSettings, vmkeep_version, worker_queue
     from ..fleet.worker import WorkerContext
 
     if args.concurrency < 1:
@@ -85,7 +85,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Celery warns at start when run as root (containers often do); the tasks' payloads are JSON, never pickle
     warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
     hostname = args.hostname or socket.gethostname()
-    queues = queues_of(args)
+    queues = [*queues_of(args), worker_queue(hostname)]
     app = make_app(settings)
     client = settings.redis()
     try:

@@ -1,6 +1,7 @@
 """The Celery application of the fleet: its settings and its tasks, made on demand.
 
-The agent makes one to hand out tasks, each ``vmkeep worker`` one to run them. The task
+The agent makes one to hand out tasks, each ``vmkeep worker`` one to run them: a VM's backup,
+and a point's verification or restore on one chosen worker. The task
 functions find the worker's context (job file, Redis, repositories) in ``WORKER``, set by
 ``vmkeep worker`` before the Celery worker starts: the worker's pool is threads, in its process.
 """
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from .worker import WorkerContext
 
 BACKUP_TASK = "vmkeep.backup"
+VERIFY_TASK = "vmkeep.verify_point"
+RESTORE_TASK = "vmkeep.restore_point"
 
 WORKER: WorkerContext | None = None
 
@@ -37,5 +40,21 @@ def make_app(settings: FleetSettings) -> Celery:
         if WORKER is None:
             raise RuntimeError("vmkeep.backup runs in `vmkeep worker` only")
         return execute_backup(WORKER, payload)
+
+    @app.task(name=VERIFY_TASK)  # type: ignore[untyped-decorator]
+    def verify(payload: dict[str, Any]) -> dict[str, Any]:
+        from .points import verify_point
+
+        if WORKER is None:
+            raise RuntimeError(f"{VERIFY_TASK} runs in `vmkeep worker` only")
+        return verify_point(WORKER, payload)
+
+    @app.task(name=RESTORE_TASK)  # type: ignore[untyped-decorator]
+    def restore(payload: dict[str, Any]) -> dict[str, Any]:
+        from .points import restore_point
+
+        if WORKER is None:
+            raise RuntimeError(f"{RESTORE_TASK} runs in `vmkeep worker` only")
+        return restore_point(WORKER, payload)
 
     return app

@@ -38,6 +38,11 @@ def host_queue(host: str) -> str:
     return f"{DEFAULT_QUEUE}.host.{host}"
 
 
+def worker_queue(hostname: str) -> str:
+    """The queue only this worker serves (restores and checks sent to it by name)."""
+    return f"{DEFAULT_QUEUE}.worker.{hostname}"
+
+
 def datastore_queue(datastore: str) -> str:
     return f"{DEFAULT_QUEUE}.datastore.{datastore}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -16,7 +17,7 @@ from tests.fixtures.agent import history
 from tests.fixtures.fleet import WorkerProcess, executor_toml
 from tests.fixtures.jobfile import write_job_file
 from tests.fixtures.redis import RedisServer
-from tests.fixtures.repos import run_vmkeep
+from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere import connect, disk_bytes, restored_disks
 from vmkeep.hypervisors.vsphere.inventory import list_vms
@@ -130,6 +131,27 @@ def test_three_workers_back_up_twelve_vms_once_each_within_the_host_limit(fleet:
     for worker in fleet.workers:
         assert fleet.redis.password not in worker.log()
 
+    # points read back and restored on a chosen worker
+    ids = [v["point_id"] for v in doc["vms"]]  # type: ignore[union-attr]
+    checked = run_vmkeep("fleet", "verify", *ids, "--worker", "proxy-b", "--config", fleet.config, "--json")
+    assert checked.code == 0, checked.out + checked.err
+    answers = json.loads(checked.out)
+    assert [a["point"] for a in answers] == ids and {a["worker"] for a in answers} == {"proxy-b"}
+    for answer in answers:
+        [digest] = answer["sha256"].values()
+        capacity = DISK_MB << 20
+        assert digest == hashlib.sha256(disk_bytes(fleet.vc, answer["vm"], capacity)).hexdigest()
+    target = fleet.tmp / "restored-on-c"
+    restored = run_vmkeep(
+        "fleet", "restore", ids[0][:12], "--to", target, "--worker", "proxy-c", "--config", fleet.config, "--json"
+    )
+    assert restored.code == 0, restored.out + restored.err
+    [file] = json.loads(restored.out)["files"]
+    vm = doc["vms"][0]["vm"]  # type: ignore[index]
+    assert Path(file["path"]).read_bytes() == disk_bytes(fleet.vc, vm, DISK_MB << 20)
+    nobody = run_vmkeep("fleet", "verify", ids[0], "--worker", "proxy-z", "--config", fleet.config)
+    assert_one_line_error(nobody, "worker 'proxy-z' does not answer")
+
 
 def test_a_worker_killed_mid_backup_is_replaced_and_no_point_doubles(fleet: Fleet) -> None:
     every_host = sorted(set(fleet.hosts.values()))
@@ -209,3 +231,30 @@ def test_redis_restarting_empty_mid_run_loses_no_result_and_doubles_no_point(fle
     rows = history(fleet.config)
     assert sorted(r["vm"] for r in rows) == sorted(fleet.hosts)
     assert all(row in rows for row in finished_before)
+
+
+def test_the_running_agent_records_the_workers_results_in_history_and_metrics(fleet: Fleet) -> None:
+    from tests.fixtures.agent import AgentProcess, listen_address, scrape
+
+    worker = fleet.start_worker("proxy-a", sorted(set(fleet.hosts.values())))
+    agent = AgentProcess.start(fleet.config, "--listen", "127.0.0.1:0")
+    try:
+        address = listen_address(agent)
+        started = run_vmkeep(
+            "jobs", "run", "fleet", "--vm", "DC0_H0_VM1", "--vm", "DC0_C0_RP0_VM2", "--config", fleet.config, "--json"
+        )
+        assert started.code == 0, started.err
+        run_id = json.loads(started.out)["run_id"]
+        agent.wait_for(lambda: agent.events("run-finished", run=run_id), "the agent's run")
+        assert {e["vm"] for e in agent.events("task-sent")} == {"DC0_H0_VM1", "DC0_C0_RP0_VM2"}
+        rows = history(fleet.config)
+        assert {r["vm"] for r in rows} == {"DC0_H0_VM1", "DC0_C0_RP0_VM2"}
+        assert {r["status"] for r in rows} == {"succeeded"} and {r["run_id"] for r in rows} == {run_id}
+        assert {e["vm"] for e in worker.events("task-succeeded")} == {r["vm"] for r in rows}
+        metrics = scrape(address)
+        for row in rows:
+            labels = (("job", "fleet"), ("vm", row["vm"]))
+            assert metrics[("vmkeep_vm_last_backup_read_bytes", labels)] == row["read_bytes"] > 0
+            assert metrics[("vmkeep_vm_last_backup_ok", labels)] == 1
+    finally:
+        assert agent.stop() == 0
