@@ -93,6 +93,13 @@ def start_worker(config: Path, name: str, directory: Path, concurrency: int) -> 
 QUEUES: list[str] = []
 
 
+def stop_and_measure(proc: subprocess.Popen[bytes]) -> float:
+    """Wait for a worker that was told to stop; the CPU seconds (user + system) it used in all."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vms", type=int, default=12, help="VMs in the job (even; default 12)")
@@ -157,8 +164,7 @@ def main() -> int:
                     finally:
                         for w in workers:
                             w.send_signal(signal.SIGTERM)
-                        for w in workers:
-                            w.wait(60)
+                        cpu = sum(stop_and_measure(w) for w in workers)
                     doc = json.loads(out.stdout) if out.stdout else {}
                     ok = [v for v in doc.get("vms", []) if v["status"] == "succeeded"]
                     if len(ok) != len(vms):
@@ -174,11 +180,14 @@ def main() -> int:
                         "vms_per_hour": round(len(vms) / seconds * 3600),
                         "mb_per_s": round(read / seconds / 1e6, 1),
                         "read_mb": round(read / 1e6),
+                        "worker_cpu_s": round(cpu, 1),
+                        "worker_cpu_s_per_gb": round(cpu / (read / 1e9), 1),
                     }
                     results.append(row)
                     print(
                         f"{count} worker(s) x {args.concurrency}: {len(vms)} VMs in {seconds:.1f} s = "
-                        f"{row['vms_per_hour']} VMs/h, {row['mb_per_s']} MB/s read",
+                        f"{row['vms_per_hour']} VMs/h, {row['mb_per_s']} MB/s read; "
+                        f"workers used {row['worker_cpu_s_per_gb']} CPU s per GB read",
                         flush=True,
                     )
         finally:

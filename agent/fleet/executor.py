@@ -93,8 +93,26 @@ class CeleryExecutor(Executor):
                 continue
             event(logging.INFO, "task-sent", job=task.job, vm=task.vm, queue=p.queue, run=run)
             pending[p.task_id] = p
+        self._warn_unserved({p.queue for p in pending.values()}, run)
         self._wait(run, pending, token, settle)
         return [r for r in results if r is not None]
+
+    def _warn_unserved(self, queues: set[str], run: str) -> None:
+        """Log the queues no running worker serves now: their tasks wait for one to start."""
+        try:
+            replies = self.app.control.inspect(timeout=1.0).active_queues() or {}
+        except Exception as exc:
+            event(logging.WARNING, "workers-unknown", f"cannot ask the workers for their queues: {_describe(exc)}")
+            return
+        served = {q["name"] for queues_of_worker in replies.values() for q in queues_of_worker}
+        for queue in sorted(queues - served):
+            event(
+                logging.WARNING,
+                "queue-unserved",
+                f"no running worker serves queue {queue}; its tasks wait for one (vmkeep worker --hosts ...)",
+                queue=queue,
+                run=run,
+            )
 
     def _send(self, p: _Pending) -> None:
         self.app.send_task(BACKUP_TASK, args=[p.payload], task_id=p.task_id, queue=p.queue)

@@ -138,6 +138,11 @@ def _execute(ctx: WorkerContext, task: BackupTask, payload: dict[str, Any]) -> d
             return failed(task, reason, VmStatus.INTERRUPTED).to_json()
         time.sleep(1.0)
     try:
+        stop = ctx.redis.get(cancel_key(run))
+        if stop:  # the agent stopped the run while this task waited in its queue
+            claim.release()
+            reason = stop.decode() if isinstance(stop, bytes) else str(stop)
+            return failed(task, reason, VmStatus.INTERRUPTED).to_json()
         starts = claim.count_start()
         limits = FleetLimits(ctx.redis, int(payload["per_host"]), int(payload["per_datastore"]), ctx.settings.slot_ttl)
         resources = WorkerResources(ctx, limits, claim.key)

@@ -247,6 +247,7 @@ def test_the_running_agent_records_the_workers_results_in_history_and_metrics(fl
         run_id = json.loads(started.out)["run_id"]
         agent.wait_for(lambda: agent.events("run-finished", run=run_id), "the agent's run")
         assert {e["vm"] for e in agent.events("task-sent")} == {"DC0_H0_VM1", "DC0_C0_RP0_VM2"}
+        assert not agent.events("queue-unserved")
         rows = history(fleet.config)
         assert {r["vm"] for r in rows} == {"DC0_H0_VM1", "DC0_C0_RP0_VM2"}
         assert {r["status"] for r in rows} == {"succeeded"} and {r["run_id"] for r in rows} == {run_id}
@@ -258,3 +259,20 @@ def test_the_running_agent_records_the_workers_results_in_history_and_metrics(fl
             assert metrics[("vmkeep_vm_last_backup_ok", labels)] == 1
     finally:
         assert agent.stop() == 0
+
+
+def test_a_vm_whose_host_no_worker_serves_fails_with_the_queue_named(fleet: Fleet) -> None:
+    fleet.config.write_text(fleet.config.read_text().replace("result_timeout = 300.0", "result_timeout = 3.0"))
+    standalone = fleet.hosts["DC0_H0_VM0"]
+    fleet.start_worker("proxy-a", [standalone])
+    result = run_vmkeep(
+        "jobs", "run", "fleet", "--vm", "DC0_H0_VM0", "--vm", "DC0_C0_RP0_VM0", "--config", fleet.config, "--json"
+    )
+    doc = json.loads(result.out)
+    by_vm = {v["vm"]: v for v in doc["vms"]}
+    assert doc["status"] == "partial" and by_vm["DC0_H0_VM0"]["status"] == "succeeded"
+    queue = f"vmkeep.host.{fleet.hosts['DC0_C0_RP0_VM0']}"
+    assert by_vm["DC0_C0_RP0_VM0"]["error"] == (
+        f"no worker answered within 3s (does a running `vmkeep worker` serve queue {queue}?)"
+    )
+    assert f"no running worker serves queue {queue}" in result.err
