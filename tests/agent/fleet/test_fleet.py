@@ -276,3 +276,26 @@ def test_a_vm_whose_host_no_worker_serves_fails_with_the_queue_named(fleet: Flee
         f"no worker answered within 3s (does a running `vmkeep worker` serve queue {queue}?)"
     )
     assert f"no running worker serves queue {queue}" in result.err
+
+
+def test_stopping_the_agent_stops_its_tasks_on_the_workers(fleet: Fleet) -> None:
+    from tests.fixtures.agent import AgentProcess
+
+    for vm in fleet.hosts:  # every backup slow enough to be stopped in the middle
+        fleet.vc.api.delay(1.0, path_contains=f"{vm}/", count=50)
+    worker = fleet.start_worker("proxy-a", sorted(set(fleet.hosts.values())))
+    agent = AgentProcess.start(fleet.config)
+    try:
+        started = run_vmkeep("jobs", "run", "fleet", "--config", fleet.config, "--json")
+        assert started.code == 0, started.err
+        worker.wait_for(lambda: worker.events("task-started"), "a task to start")
+    finally:
+        assert agent.stop() == 0
+    rows = history(fleet.config)
+    assert sorted(r["vm"] for r in rows) == sorted(fleet.hosts)
+    interrupted = [r for r in rows if r["status"] == "interrupted"]
+    assert interrupted and all(r["point_id"] is None for r in interrupted)
+    assert all("stopping" in r["error"] for r in interrupted), interrupted
+    worker.wait_for(lambda: not any(s.snapshots for s in fleet.vc.api.states()), "the snapshots to go")
+    with Repository.open(fleet.repo, None) as repo:
+        assert sorted(p.vm for p in repo.points()) == sorted(r["vm"] for r in rows if r["point_id"])
