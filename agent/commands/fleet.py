@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import AgentError, ConfigError
+from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from .common import EXIT_FAILURE, EXIT_OK, json_option
 from .config import config_options, loaded
@@ -51,6 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _send(args: argparse.Namespace, task: str, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from ..fleet.app import make_app
+    from ..fleet.exceptions import FleetError
     from ..fleet.settings import FleetSettings, vmkeep_version, worker_queue
 
     cfg = loaded(args)
@@ -62,10 +63,10 @@ def _send(args: argparse.Namespace, task: str, payloads: list[dict[str, Any]]) -
     try:
         replies = app.control.ping(destination=[f"vmkeep@{args.worker}"], timeout=3.0)
     except Exception as exc:
-        raise AgentError(f"cannot reach the broker: {exc}") from None
+        raise FleetError(f"cannot reach the broker: {exc}") from None
     if not replies:
         running = f"`vmkeep worker --hostname {args.worker}`"
-        raise AgentError(f"worker {args.worker!r} does not answer (is {running} running?)")
+        raise FleetError(f"worker {args.worker!r} does not answer (is {running} running?)")
     queue = worker_queue(args.worker)
     extra = {"repository": name, "version": vmkeep_version()}
     sent = [app.send_task(task, args=[p | extra], queue=queue) for p in payloads]

@@ -11,7 +11,3 @@ class FleetError(AgentError):
 
 class FleetConfigError(ConfigError):
     """The job file's [executor] cannot be used as asked (no celery extra, no password...)."""
-
-
-class ClaimLost(FleetError):
-    """Another worker took over a task this worker still ran (its claim on the task expired)."""
