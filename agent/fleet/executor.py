@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,8 @@ log = logging.getLogger("vmkeep.agent.fleet.executor")
 
 POLL = 0.5  # seconds between two looks at the pending answers
 STOP_GRACE = 120.0  # after a cancel, how long the workers have to stop and answer
+BATCH = 1000  # answers read per MGET
+ENDED = ("SUCCESS", "FAILURE", "REVOKED")
 
 
 @dataclass
@@ -145,16 +147,12 @@ class CeleryExecutor(Executor):
                     if resend_at is not None and time.monotonic() >= resend_at:
                         resend_at = None
                         self._resend_lost(client, run, pending, token)
-                    for task_id, p in list(pending.items()):
-                        answer = self.app.AsyncResult(task_id)
-                        state = answer.state
-                        if state == "SUCCESS":
-                            settle(p, result_from_json(answer.result))
-                        elif state in ("FAILURE", "REVOKED"):
-                            settle(p, failed(p.task, f"the worker's task failed: {answer.result!r}"))
+                    for task_id, meta in self._answers(list(pending)):
+                        p = pending.pop(task_id)
+                        if meta["status"] == "SUCCESS":
+                            settle(p, result_from_json(meta["result"]))
                         else:
-                            continue
-                        del pending[task_id]
+                            settle(p, failed(p.task, f"the worker's task failed: {meta['result']!r}"))
                     if down_since is not None:
                         event(logging.INFO, "redis-back", f"after {time.monotonic() - down_since:.0f}s", run=run)
                         down_since = None
@@ -178,6 +176,19 @@ class CeleryExecutor(Executor):
                 time.sleep(POLL)
         finally:
             client.close()
+
+    def _answers(self, task_ids: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The tasks of ``task_ids`` that ended, with their answers: one MGET per thousand tasks."""
+        backend = self.app.backend
+        for start in range(0, len(task_ids), BATCH):
+            chunk = task_ids[start : start + BATCH]
+            values = backend.mget([backend.get_key_for_task(t) for t in chunk])
+            for task_id, raw in zip(chunk, values, strict=True):
+                if raw is None:
+                    continue
+                meta: dict[str, Any] = backend.decode_result(raw)
+                if meta["status"] in ENDED:
+                    yield task_id, meta
 
     @staticmethod
     def _cancel(client: Any, run: str, reason: str) -> None:
