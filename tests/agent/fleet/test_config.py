@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,25 @@ def test_a_worker_without_its_broker_says_so_in_one_line(tmp_path: Path, redis_s
     assert_one_line_error(result, "cannot reach the broker", redis_server.url)
     assert redis_server.password not in result.err
     assert result.code == 2
+
+
+def test_config_check_logs_in_to_the_broker(tmp_path: Path, redis_server: RedisServer, repo_path: Path) -> None:
+    config = tmp_path / "vmkeep.toml"
+    text = (
+        f'[repositories.main]\npath = "{repo_path}"\n\n[executor]\ntype = "celery"\nbroker = "{redis_server.url}"\n'
+        f'password_file = "{redis_server.password_file}"\n'
+    )
+    config.write_text(text)
+    result = run_vmkeep("config", "check", "--config", config, "--json")
+    assert result.code == 0, result.out + result.err
+    [check] = [c for c in json.loads(result.out)["checks"] if c["key"] == "executor"]
+    assert check["error"] is None and redis_server.url in check["what"]
+
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    config.write_text(text.replace(str(redis_server.password_file), str(wrong)))
+    result = run_vmkeep("config", "check", "--config", config, "--json")
+    assert result.code == 2
+    [check] = [c for c in json.loads(result.out)["checks"] if c["key"] == "executor"]
+    assert "AuthenticationError" in check["error"] or "invalid" in check["error"].lower(), check
+    assert "not-the-password" not in result.out + result.err
