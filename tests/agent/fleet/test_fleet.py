@@ -57,6 +57,7 @@ class Fleet:
         result = run_vmkeep("jobs", "run", "fleet", "--config", self.config, "--json", timeout=600)
         logs = "\n".join(f"--- {w.name}\n{w.log()[-4000:]}" for w in self.workers)
         assert result.out, f"{result.err}\n{logs}"
+        assert self.redis.password not in result.out + result.err
         doc: dict[str, object] = json.loads(result.out)
         return doc
 
