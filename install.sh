@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-packages=(python3 python3-venv python3-dev gcc golang-go golang-github-vmware-govmomi-dev qemu-utils samba zstd time)
+packages=(python3 python3-venv python3-dev gcc golang-go golang-github-vmware-govmomi-dev qemu-utils samba zstd time redis-server)
 [[ "${1:-}" == "--bench" ]] && packages+=(restic borgbackup)
 
 sudo=()

@@ -12,7 +12,7 @@ from types import FrameType
 
 from vmkeep.repository.exceptions import CorruptRepository
 
-from .commands import agent, backup, config, demo, key, manual, repository, restore, vsphere
+from .commands import agent, backup, config, demo, fleet, key, manual, repository, restore, vsphere, worker
 from .commands.common import EXIT_FAILURE, exit_code
 from .engine import cancel
 from .engine.exceptions import Interrupted
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_parsers(sub)
     config.add_parsers(sub)
     agent.add_parsers(sub)
+    worker.add_parsers(sub)
+    fleet.add_parsers(sub)
     demo.add_parsers(sub)
     manual.add_parsers(sub)
     return parser

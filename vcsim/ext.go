@@ -30,6 +30,8 @@ type ext struct {
 	mu  sync.Mutex
 	vms map[types.ManagedObjectReference]*vmState
 	cfg cbtConfig
+
+	snapRecord map[string]*hostSnapshots // concurrent snapshots per host (snapshots.go)
 }
 
 // cbtConfig holds the QueryChangedDiskAreas knobs that tests may change at run time.

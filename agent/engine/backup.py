@@ -41,6 +41,9 @@ class BackupOptions:
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     sanity_blocks: int | None = None  # blocks the CBT sanity check re-reads (None: automatic)
     full_every: int | None = None  # every Nth backup of a VM is an active full
+    # Keys the point records in its ``source`` beside the session's own (e.g. the fleet's
+    # idempotency key of the task that made it); never secrets.
+    source_tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,7 +88,7 @@ def backup_vm(
             time=datetime.now(UTC),
             disks=records,
             block_size=repo.config.block_size,
-            source={**session.source_info(), **state.source},
+            source={**session.source_info(), **state.source, **job.options.source_tags},
             hardware=session.hardware(),
             parent=job.previous.id if job.previous is not None else None,
             hostname=socket.gethostname(),

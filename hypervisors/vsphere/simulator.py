@@ -501,6 +501,15 @@ class SimulatorTestApi:
             spec["path_contains"] = path_contains
         return self.add_fault(spec)
 
+    def snapshots(self) -> dict[str, tuple[int, int]]:
+        """Snapshots per host (moref): (existing now, most at once since start or the last reset)."""
+        hosts = self._call("GET", "snapshots").json()["hosts"]
+        return {h: (int(v["current"]), int(v["max"])) for h, v in hosts.items()}
+
+    def reset_snapshot_record(self) -> None:
+        """Each host's maximum becomes its current count."""
+        self._call("DELETE", "snapshots")
+
     def faults(self) -> list[Fault]:
         return [_fault(f) for f in self._call("GET", "fault").json()["faults"]]
 
