@@ -66,7 +66,7 @@ def backup_options(p: argparse.ArgumentParser, workers: int | None = None) -> No
         help=f"windows of {WINDOW // 1024} KiB per disk, in unchanged blocks, to compare with the previous point "
         f"(and in unallocated blocks, to check for zeros); 0 turns the check off (default: {DEFAULT_WINDOWS})",
     )
-    p.add_argument("--sanity-blocks", type=_count, metavar="N", help=argparse.SUPPRESS)  # deprecated alias
+    p.add_argument("--sanity-blocks", type=_count, metavar="N", help="deprecated: use --sanity-sample")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     json_option(p)
 
