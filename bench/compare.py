@@ -26,7 +26,8 @@ each tool's restore the page cache is dropped when the bench runs as root
 files are read back by one harmless run (``--help``, ``version``): data cold, program warm. dd's
 source (the image) is cached, as the image the backups read is for every tool. Every restore is
 checked against the image. The load average is recorded at the start and end of every round:
-this VM is shared, and a busy round is slower for reasons that have nothing to do with the tools. Each figure is the median round; ``--json`` keeps all.
+this VM is shared, and a busy round is slower for reasons that have nothing to do with the tools.
+Each figure is the median round; ``--json`` keeps all.
 """
 
 from __future__ import annotations
