@@ -26,6 +26,7 @@ type ext struct {
 	blockSize int64
 	typeFunc  func(string) (reflect.Type, bool)
 	faults    *faultSet
+	traffic   traffic
 
 	mu  sync.Mutex
 	vms map[types.ManagedObjectReference]*vmState

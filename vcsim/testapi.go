@@ -74,6 +74,7 @@ var testEndpoints = []string{
 	"GET|POST /vmkeep-test/config",
 	"GET|POST|DELETE /vmkeep-test/fault",
 	"GET|DELETE /vmkeep-test/snapshots",
+	"GET /vmkeep-test/traffic",
 }
 
 func (x *ext) serveTestAPI(w http.ResponseWriter, r *http.Request) {
@@ -96,6 +97,8 @@ func (x *ext) serveTestAPI(w http.ResponseWriter, r *http.Request) {
 		err = x.apiFault(w, r)
 	case "snapshots GET", "snapshots DELETE":
 		err = x.apiSnapshots(w, r)
+	case "traffic GET":
+		err = x.apiTraffic(w, r)
 	default:
 		err = notFound("no test endpoint %s %s", r.Method, r.URL.Path)
 	}

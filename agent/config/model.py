@@ -150,6 +150,7 @@ class JobConfig(_Strict):
     folders: list[str] = Field(default_factory=list)  # inventory folders, e.g. "/DC0/vm/prod" (and below)
     retention: RetentionConfig | None = None
     full_every: Positive | None = None
+    sanity_sample: Count | None = None  # windows per disk the sanity checks compare (0: off)
     concurrency: Positive = 2
     retries: RetryConfig = Field(default_factory=RetryConfig)
     webhook: str | None = None

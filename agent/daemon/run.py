@@ -193,7 +193,9 @@ def plan_tasks(name: str, cfg: LoadedConfig, only_vms: list[str] | None) -> tupl
             inventory = [v for v in platform.list_vms() if not v.template]
     except (SourceError, AgentError) as exc:
         raise JobFailed(f"source {job.source!r}: {exc}") from None
-    options = TaskOptions(full_every=job.full_every, workers=job.workers, quiesce=job.quiesce)
+    options = TaskOptions(
+        full_every=job.full_every, workers=job.workers, quiesce=job.quiesce, sanity_sample=job.sanity_sample
+    )
     now = datetime.now(UTC)
     tasks: list[BackupTask] = []
     failed: list[VmResult] = []

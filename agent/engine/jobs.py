@@ -59,14 +59,14 @@ class TaskOptions:
     full: bool = False
     full_every: int | None = None
     workers: int = 4
-    sanity_blocks: int | None = None
+    sanity_sample: int | None = None  # windows per disk the sanity checks compare (None: default, 0: off)
     quiesce: bool = True
 
     def backup_options(self) -> BackupOptions:
         return BackupOptions(
             full_reason="a full backup was requested (--full)" if self.full else None,
             workers=max(1, self.workers),
-            sanity_blocks=self.sanity_blocks,
+            sanity_sample=self.sanity_sample,
             full_every=self.full_every,
         )
 

@@ -413,6 +413,10 @@ class SimulatorTestApi:
         """The change tracking granularity in bytes."""
         return int(self._call("GET", "state").json()["block_size"])
 
+    def folder_bytes_served(self) -> int:
+        """Body bytes that GET requests on ``/folder`` have sent since the simulator started."""
+        return int(self._call("GET", "traffic").json()["folder_get_bytes"])
+
     # change tracking
     def cbt_reset(self, vm: str, *, key: int | None = None) -> dict[int, str]:
         """Start a new CBT epoch (as after a crash): every older changeId then gives FileFault."""
