@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-packages=(python3 python3-venv python3-dev gcc golang-go golang-github-vmware-govmomi-dev qemu-utils samba zstd time)
+packages=(python3 python3-venv python3-dev gcc golang-go golang-github-vmware-govmomi-dev qemu-utils samba zstd time redis-server)
 [[ "${1:-}" == "--bench" ]] && packages+=(restic borgbackup)
 
 sudo=()
@@ -24,6 +24,9 @@ python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# An editable install leaves our sources uncompiled, and with PYTHONDONTWRITEBYTECODE set (as in
+# containers) every command would compile them again: 50 ms of a 0.35 s incremental.
+.venv/bin/python -m compileall -q agent hypervisors repository >/dev/null
 
 vcsim/build.sh >/dev/null
 echo "install.sh: ready: .venv/bin/vmkeep"

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
+import importlib
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from vmkeep.repository.exceptions import CorruptRepository
 
-from .commands import agent, backup, config, demo, key, manual, repository, restore, vsphere
 from .commands.common import EXIT_FAILURE, exit_code
 from .engine import cancel
 from .engine.exceptions import Interrupted
@@ -22,7 +22,27 @@ from .output import print_json
 PROG = "vmkeep"
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Each module of agent/commands/ and the commands its add_parsers registers, in --help order. A
+# command imports only its own module (an image backup loads no pyVmomi, pydantic or croniter);
+# --help, completion and the man page load them all. tests/agent/test_cli_startup.py checks
+# this table against what the modules register.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "repository": ("init", "points", "info", "forget", "gc", "verify", "unlock", "repair"),
+    "backup": ("backup-image",),
+    "vsphere": ("backup", "store-password", "vms"),
+    "restore": ("restore",),
+    "key": ("key",),
+    "config": ("config",),
+    "agent": ("agent", "jobs", "history"),
+    "worker": ("worker",),
+    "fleet": ("fleet",),
+    "demo": ("demo",),
+    "manual": ("completion", "man"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (given a command of ``COMMAND_MODULES``) one with that command's module only."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Agentless, forever-incremental backup of virtual machines into a deduplicating repository.",
@@ -30,24 +50,36 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0 success, 1 failure, 2 bad usage or configuration, 3 damage found or a corrupt "
         "repository, 130 interrupted.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     parser.add_argument("--verbose", "-v", action="count", default=0, help="more log output (twice for debug)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    repository.add_parsers(sub)
-    backup.add_parsers(sub)
-    vsphere.add_parsers(sub)
-    restore.add_parsers(sub)
-    key.add_parsers(sub)
-    config.add_parsers(sub)
-    agent.add_parsers(sub)
-    demo.add_parsers(sub)
-    manual.add_parsers(sub)
+    modules = [m for m, commands in COMMAND_MODULES.items() if command in commands] or list(COMMAND_MODULES)
+    for name in modules:
+        importlib.import_module(f"{__package__}.commands.{name}").add_parsers(sub)
     return parser
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv``: the first argument that is not an option (no global option takes a value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+class _VersionAction(argparse.Action):
+    """--version, reading the package's metadata only when asked (importlib.metadata costs 30 ms)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"{PROG} {version()}")
+        parser.exit()
 
 
 def version() -> str:
     """The installed package's version."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(PROG)
     except importlib.metadata.PackageNotFoundError:
@@ -55,7 +87,8 @@ def version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(message)s", stream=sys.stderr)

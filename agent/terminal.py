@@ -9,14 +9,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn, TextIO
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from .engine.progress import Progress
 
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
 
 def _bar(desc: str, total: int, out: TextIO) -> tqdm[NoReturn]:
+    from tqdm import tqdm  # only when a bar is drawn: importing tqdm costs 20 ms of every command
+
     return tqdm(
         total=total,
         desc=desc,
@@ -116,6 +119,8 @@ def count_progress(desc: str, total: int, unit: str, quiet: bool = False) -> Ite
     if quiet or not out.isatty():
         yield lambda: None
         return
+    from tqdm import tqdm
+
     bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=out, mininterval=0.1, dynamic_ncols=True)
 
     def advance() -> None:

@@ -1,26 +1,33 @@
 #!/usr/bin/env python3
-"""Full, 1%-incremental and restore throughput of vmkeep beside restic, borg and zstd, in one run.
+"""vmkeep beside restic, borg and the physical limits, in one run, as medians of several rounds.
 
-    ./install.sh --bench && .venv/bin/python bench/compare.py --size 2G
+    ./install.sh --bench && .venv/bin/python bench/compare.py --size 768M --big-size 4G --rounds 3
 
-Builds a mixed image (a quarter zeros, half compressible text, a quarter random), then times,
-on the same machine and the same page-cached image: a full backup with each tool; 1% of the
-blocks changed (64 KiB in each) and an incremental backup (vmkeep with change hints, the
-others re-reading the image as they must); and a restore of the newest point. It also times
-``zstd -1 -T2`` compressing the image (the compression limit), and reports peak memory.
-Every restore is checked against the image. Figures are ratios within this run; absolute
-speeds depend on the machine.
+Builds a mixed image (a quarter zeros, half compressible text, a quarter random) and, each round,
+in fresh directories and in an order that rotates from round to round, times with each tool: a
+full backup; an incremental after 64 KiB was written in 1% of the 1 MiB blocks (vmkeep with
+change hints, the others re-reading the image as they must); a restore of that point; and
+listing the points of the repository (``vmkeep points`` against ``restic snapshots``: start-up
+and the passphrase's key derivation). Beside each operation it times the physical limit in the
+same round:
 
-Backup and restore times run until the data is durable: each command, then ``sync``. vmkeep
-fsyncs what it writes before it reports success; restic (0.14) and borg's extract return with
-gigabytes still dirty in the page cache, and their write-back would otherwise be charged to
-whatever runs next.
+- full backup: ``zstd -1 -T2`` compressing the image to /dev/null (the compression limit);
+- incremental: a plain read of the changed 1 MiB blocks from the image (no tool reads less);
+- restore: ``dd oflag=direct`` writing the image's non-zero 1 MiB blocks (``conv=sparse``) to a
+  new file on the same file system, then ``sync``.
 
-Each tool runs that whole sequence ``--rounds`` times in fresh directories, in an order that
-rotates from round to round, and each operation reports its best round: on virtual machines
-with a discarding file system, the write-back and TRIM of one run's files lands on whatever
-runs next, and one round can be twice as slow as another for reasons that have nothing to do
-with the tool.
+With ``--big-size`` (e.g. 4G) it adds an incremental line on a disk large enough that restic's
+re-read is not dominated by its start-up: one full backup per tool, then each round changes 1%
+of the blocks anew and times the incrementals (vmkeep-aes and restic; borg, as restic, re-reads).
+
+Every backup and restore is timed until its data is durable: the command, then ``sync``. Before
+each tool's restore the page cache is dropped when the bench runs as root
+(``/proc/sys/vm/drop_caches``), so that no tool restores from memory, and the tool's own program
+files are read back by one harmless run (``--help``, ``version``): data cold, program warm. dd's
+source (the image) is cached, as the image the backups read is for every tool. Every restore is
+checked against the image. The load average is recorded at the start and end of every round:
+this VM is shared, and a busy round is slower for reasons that have nothing to do with the tools.
+Each figure is the median round; ``--json`` keeps all.
 """
 
 from __future__ import annotations
@@ -29,18 +36,30 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from vmkeep.agent.demo import change_one_percent, make_sample_image, sha256_file
 from vmkeep.agent.output import parse_size
 
 PASSWORD = "bench-only-password"
 BORG_ENV = {"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
+MiB = 1024 * 1024
+LIMIT = "limit"  # the tool name of the physical limits
+TOOLS = ("vmkeep-aes", "vmkeep", "restic", "borg")
+VMKEEP_HELP = [sys.executable, "-m", "vmkeep.agent.cli", "--help"]  # imports every command module
+WARM_UP = {
+    "vmkeep-aes": VMKEEP_HELP,
+    "vmkeep": VMKEEP_HELP,
+    "restic": ["restic", "version"],
+    "borg": ["borg", "--version"],
+}
 
 
 @dataclass
@@ -49,34 +68,296 @@ class Run:
     op: str
     seconds: float
     peak_mb: float
-    mb_per_s: float
+    round: int
 
 
-def timed(
-    cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None, durable: bool = True
-) -> tuple[float, float]:
-    """Wall seconds (until what it wrote is on disk, if ``durable``) and peak RSS (MB), via GNU time."""
-    fd, out = tempfile.mkstemp()
-    os.close(fd)
-    os.sync()  # start quiet: no tool pays for the write-back of the previous one's output
+@dataclass
+class Bench:
+    work: Path
+    size: int
+    big_size: int
+    tools: list[str]
+    rounds: int
+    cold: bool = field(init=False)
+    runs: list[Run] = field(default_factory=list)
+    loads: list[tuple[int, str, str]] = field(default_factory=list)  # round, loadavg at start, at end
+
+    def __post_init__(self) -> None:
+        self.cold = drop_caches()
+        self.vmkeep = [sys.executable, "-m", "vmkeep.agent.cli"]
+
+    # -- timing ----------------------------------------------------------------------------------
+
+    def timed(
+        self,
+        tool: str,
+        op: str,
+        round_: int,
+        cmd: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        cwd: Path | None = None,
+        durable: bool = True,
+        cold: bool = False,
+    ) -> Run:
+        """Run ``cmd``; wall seconds until its output is on disk (``durable``) and its peak RSS."""
+        fd, out = tempfile.mkstemp()
+        os.close(fd)
+        os.sync()  # start quiet: no tool pays for the write-back of the previous one's output
+        if cold and drop_caches():
+            # Data cold, program warm: the tool's own files (restic's binary, vmkeep's Python
+            # modules) are read back by one harmless run, so a cold restore measures the
+            # repository's reads and the writes, not loading the program from disk.
+            subprocess.run(WARM_UP[tool], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        start = time.monotonic()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", out, *cmd],
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        if durable:
+            os.sync()
+        seconds = time.monotonic() - start
+        peak_kb = float(Path(out).read_text().split()[-1])
+        os.unlink(out)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: {' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
+        return self.record(Run(tool, op, round(seconds, 4), round(peak_kb / 1024, 1), round_))
+
+    def record(self, run: Run) -> Run:
+        self.runs.append(run)
+        print(f"  {run.tool:12} {run.op:16} {run.seconds:8.4f} s  peak {run.peak_mb:7.1f} MB", flush=True)
+        return run
+
+    # -- the rounds ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        original, changed, hints = self.work / "v1.img", self.work / "v2.img", self.work / "hints.json"
+        print(f"making a {self.size / 2**30:.2f} GiB mixed image in {self.work}", flush=True)
+        make_sample_image(original, self.size)
+        shutil.copyfile(original, changed)
+        changes = change_one_percent(changed)
+        hints.write_text(json.dumps(changes))
+        digest = sha256_file(changed)
+        image = self.work / "disk.img"
+        for n in range(self.rounds):
+            start_load = loadavg()
+            print(f"round {n + 1} of {self.rounds} (load {start_load}):", flush=True)
+            self.limits(n, original, changed, changes)
+            for tool in self.tools[n % len(self.tools) :] + self.tools[: n % len(self.tools)]:
+                work = self.work / f"{tool}-{n}"
+                work.mkdir()
+                shutil.copyfile(original, image)
+                steps = TOOL_STEPS[tool](self, work, image, n)
+                steps.full()
+                with changed.open("rb") as src, image.open("r+b") as dst:  # same file, new content
+                    shutil.copyfileobj(src, dst, 16 * MiB)
+                steps.incremental(hints)
+                steps.restore(digest)
+                steps.points()
+                shutil.rmtree(work)
+                os.sync()
+                time.sleep(3)  # let the file system finish discarding (TRIM) what was deleted
+            self.loads.append((n, start_load, loadavg()))
+        image.unlink()
+        if self.big_size:
+            self.run_big()
+
+    def limits(self, n: int, original: Path, changed: Path, changes: list[dict[str, object]]) -> None:
+        zstd = ["zstd", "-1", "-T2", "-q", "-f", "-c", str(original)]  # to /dev/null: nothing to sync
+        self.timed(LIMIT, "full", n, zstd, durable=False)
+        self.record(Run(LIMIT, "incremental", read_changed_blocks(changed, changes), 0.0, n))
+        target = self.work / "dd.img"
+        subprocess.run(["cat", str(changed)], stdout=subprocess.DEVNULL, check=True)  # dd's source cached
+        dd = ["dd", f"if={changed}", f"of={target}", "bs=1M", "oflag=direct", "conv=sparse,fsync", "status=none"]
+        self.timed(LIMIT, "restore", n, dd)
+        target.unlink()
+
+    def run_big(self) -> None:
+        """Incrementals of a large image: one full per tool, then each round changes 1% anew."""
+        image = self.work / "big.img"
+        print(f"making a {self.big_size / 2**30:.2f} GiB mixed image for the incremental line", flush=True)
+        make_sample_image(image, self.big_size, seed=43)
+        tools = [t for t in ("vmkeep-aes", "restic") if t in self.tools]
+        steps = {}
+        for tool in tools:
+            work = self.work / f"{tool}-big"
+            work.mkdir()
+            steps[tool] = TOOL_STEPS[tool](self, work, image, -1, big=True)
+            steps[tool].full()
+        for n in range(self.rounds):
+            changes = change_one_percent(image, seed=100 + n)
+            hints = self.work / f"big-hints-{n}.json"
+            hints.write_text(json.dumps(changes))
+            print(f"big round {n + 1} of {self.rounds} (load {loadavg()}):", flush=True)
+            self.record(Run(LIMIT, "incremental big", read_changed_blocks(image, changes), 0.0, n))
+            for tool in tools[n % len(tools) :] + tools[: n % len(tools)]:
+                steps[tool].round = n
+                steps[tool].incremental(hints)
+        for tool in tools:
+            shutil.rmtree(self.work / f"{tool}-big")
+        image.unlink()
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def median(self, tool: str, op: str) -> Run | None:
+        runs = [r for r in self.runs if r.tool == tool and r.op == op and r.round >= 0]
+        if not runs:
+            return None
+        seconds = statistics.median(r.seconds for r in runs)
+        peak = max(r.peak_mb for r in runs)
+        return Run(tool, op, seconds, peak, -1)
+
+
+class Steps:
+    """One tool's full, incremental, restore and listing, in a working directory."""
+
+    def __init__(self, bench: Bench, work: Path, image: Path, round_: int, big: bool = False) -> None:
+        self.bench, self.work, self.image, self.round, self.big = bench, work, image, round_, big
+        self.repo = work / "repo"
+
+    @property
+    def incr_op(self) -> str:
+        return "incremental big" if self.big else "incremental"
+
+    tool = ""
+
+    def timed(self, op: str, cmd: list[str], env: dict[str, str] | None = None, **kw: bool | Path) -> Run:
+        return self.bench.timed(self.tool, op, self.round, cmd, env, **kw)  # type: ignore[arg-type]
+
+    def full(self) -> None: ...
+    def incremental(self, hints: Path) -> None: ...
+    def restore(self, digest: str) -> None: ...
+    def points(self) -> None: ...
+
+    def check(self, restored: Path, digest: str) -> None:
+        if sha256_file(restored) != digest:
+            raise SystemExit(f"bench: {self.tool} restored {restored} differs from the image")
+        restored.unlink()
+
+
+class VmkeepSteps(Steps):
+    encrypted = False
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.tool = "vmkeep-aes" if self.encrypted else "vmkeep"
+        self.env = {"VMKEEP_PASSPHRASE": PASSWORD} if self.encrypted else {}
+        self.cli = self.bench.vmkeep
+
+    def full(self) -> None:
+        init = [*self.cli, "init", str(self.repo), *(["--encrypt"] if self.encrypted else [])]
+        subprocess.run(init, env={**os.environ, **self.env}, check=True, stdout=subprocess.DEVNULL)
+        self.timed("full", [*self.cli, "backup-image", str(self.image), "--repo", str(self.repo), "-q"], self.env)
+
+    def incremental(self, hints: Path) -> None:
+        cmd = [*self.cli, "backup-image", str(self.image), "--repo", str(self.repo), "--hints", str(hints), "-q"]
+        self.timed(self.incr_op, cmd, self.env)
+
+    def restore(self, digest: str) -> None:
+        out = self.work / "restore"
+        cmd = [*self.cli, "restore", "latest", "--repo", str(self.repo), "--to-dir", str(out), "-q"]
+        self.timed("restore", cmd, self.env, cold=True)
+        self.check(find_one(out), digest)
+
+    def points(self) -> None:
+        self.timed("points", [*self.cli, "points", "--repo", str(self.repo)], self.env, durable=False)
+
+
+class VmkeepAesSteps(VmkeepSteps):
+    encrypted = True
+
+
+class ResticSteps(Steps):
+    """restic 0.14: always encrypted; repository format 2 with its default (auto) compression."""
+
+    tool = "restic"
+    env: ClassVar[dict[str, str]] = {"RESTIC_PASSWORD": PASSWORD}
+
+    def cmd(self, *args: str) -> list[str]:
+        return ["restic", "--repo", str(self.repo), "--quiet", *args]
+
+    def full(self) -> None:
+        subprocess.run(self.cmd("init"), env={**os.environ, **self.env}, check=True, stdout=subprocess.DEVNULL)
+        self.timed("full", self.cmd("backup", str(self.image)), self.env)
+
+    def incremental(self, hints: Path) -> None:
+        self.timed(self.incr_op, self.cmd("backup", str(self.image)), self.env)
+
+    def restore(self, digest: str) -> None:
+        out = self.work / "restore"
+        self.timed("restore", self.cmd("restore", "latest", "--target", str(out)), self.env, cold=True)
+        self.check(find_one(out), digest)
+
+    def points(self) -> None:
+        self.timed("points", self.cmd("snapshots"), self.env, durable=False)
+
+
+class BorgSteps(Steps):
+    """borg 1.2: unencrypted, its default lz4 compression."""
+
+    tool = "borg"
+
+    def full(self) -> None:
+        subprocess.run(
+            ["borg", "init", "--encryption=none", str(self.repo)], env={**os.environ, **BORG_ENV}, check=True
+        )
+        self.timed("full", ["borg", "create", f"{self.repo}::full", str(self.image)], BORG_ENV)
+
+    def incremental(self, hints: Path) -> None:
+        self.timed(self.incr_op, ["borg", "create", f"{self.repo}::incr", str(self.image)], BORG_ENV)
+
+    def restore(self, digest: str) -> None:
+        out = self.work / "restore"
+        out.mkdir()
+        self.timed("restore", ["borg", "extract", f"{self.repo}::incr"], BORG_ENV, cwd=out, cold=True)
+        self.check(find_one(out), digest)
+
+    def points(self) -> None:
+        self.timed("points", ["borg", "list", str(self.repo)], BORG_ENV, durable=False)
+
+
+TOOL_STEPS: dict[str, type[Steps]] = {
+    "vmkeep-aes": VmkeepAesSteps,
+    "vmkeep": VmkeepSteps,
+    "restic": ResticSteps,
+    "borg": BorgSteps,
+}
+
+
+def read_changed_blocks(image: Path, changes: list[dict[str, object]]) -> float:
+    """Seconds to read every changed 1 MiB block of ``image`` with plain preads (the limit)."""
+    blocks = sorted({int(str(c["offset"])) // MiB for c in changes})
     start = time.monotonic()
-    proc = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", "-o", out, *cmd],
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    if durable:
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        for b in blocks:
+            os.pread(fd, MiB, b * MiB)
+    finally:
+        os.close(fd)
+    return round(time.monotonic() - start, 6)
+
+
+def drop_caches() -> bool:
+    """Drop the page cache (as root); False where the machine does not allow it."""
+    try:
         os.sync()
-    seconds = time.monotonic() - start
-    peak_kb = float(Path(out).read_text().split()[-1])
-    os.unlink(out)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
-    return seconds, peak_kb / 1024
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def human(size: int) -> str:
+    return f"{size / 2**30:g} GiB" if size >= 2**30 else f"{size / 2**20:g} MiB"
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def find_one(directory: Path) -> Path:
@@ -86,239 +367,115 @@ def find_one(directory: Path) -> Path:
     return files[0]
 
 
-class Bench:
-    def __init__(self, work: Path, size: int) -> None:
-        self.work = work
-        self.size = size
-        self.original = work / "v1.img"  # pristine image
-        self.changed = work / "v2.img"  # the same with 1% of its blocks changed
-        self.hints = work / "hints.json"
-        self.image = work / "disk.img"  # what the tools back up: v1, then overwritten in place with v2
-        self.round_dir = work
-        self.runs: list[Run] = []
-        self.vmkeep = [sys.executable, "-m", "vmkeep.agent.cli"]
+# -- the report --------------------------------------------------------------------------------
 
-    def record(self, tool: str, op: str, seconds: float, peak: float, nbytes: int) -> None:
-        run = Run(tool, op, round(seconds, 3), round(peak, 1), round(nbytes / seconds / 1e6, 1))
-        self.runs.append(run)
-        print(f"  {tool:16} {op:12} {seconds:8.2f} s {run.mb_per_s:9.1f} MB/s  peak {peak:7.1f} MB", flush=True)
-
-    def check_restore(self, tool: str, restored: Path, digest: str) -> None:
-        if sha256_file(restored) != digest:
-            raise SystemExit(f"bench: {tool} restored {restored} differs from the image")
-        restored.unlink()
-
-    def prepare(self) -> str:
-        print(f"making a {self.size / 2**30:.2f} GiB mixed image in {self.work}", flush=True)
-        make_sample_image(self.original, self.size)
-        shutil.copyfile(self.original, self.changed)
-        self.hints.write_text(json.dumps(change_one_percent(self.changed)))
-        return sha256_file(self.changed)
-
-    def run(self, tools: list[str], rounds: int) -> None:
-        digest = self.prepare()
-        for n in range(rounds):
-            print(f"round {n + 1} of {rounds}:", flush=True)
-            zstd = ["zstd", "-1", "-T2", "-q", "-f", "-c", str(self.original)]  # to /dev/null: nothing to sync
-            self.record("zstd -1 -T2", "compress", *timed(zstd, durable=False), self.size)
-            # Rotate the order each round: whoever runs first after a round's deletions runs slower.
-            for tool in tools[n % len(tools) :] + tools[: n % len(tools)]:
-                self.round_dir = self.work / f"{tool}-{n}"
-                self.round_dir.mkdir()
-                shutil.copyfile(self.original, self.image)
-                name = tool.replace("-", "_")
-                getattr(self, f"full_{name}")()
-                with self.changed.open("rb") as src, self.image.open("r+b") as dst:  # same file, new content
-                    shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
-                getattr(self, f"incr_{name}")(self.hints)
-                getattr(self, f"restore_{name}")(digest)
-                shutil.rmtree(self.round_dir)
-                os.sync()
-                time.sleep(5)  # let the file system finish discarding (TRIM) what was deleted
-
-    def best(self) -> list[Run]:
-        out: dict[tuple[str, str], Run] = {}
-        for run in self.runs:
-            key = (run.tool, run.op)
-            if key not in out or run.seconds < out[key].seconds:
-                out[key] = run
-        return list(out.values())
-
-    # -- vmkeep -------------------------------------------------------------------------------
-
-    def _vmkeep_repo(self, encrypted: bool) -> tuple[Path, dict[str, str]]:
-        repo = self.round_dir / "repo"
-        env = {"VMKEEP_PASSPHRASE": PASSWORD} if encrypted else {}
-        if not repo.exists():
-            subprocess.run(
-                [*self.vmkeep, "init", str(repo), *(["--encrypt"] if encrypted else [])],
-                env={**os.environ, **env},
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-        return repo, env
-
-    def _vmkeep_full(self, tool: str, encrypted: bool) -> None:
-        repo, env = self._vmkeep_repo(encrypted)
-        cmd = [*self.vmkeep, "backup-image", str(self.image), "--repo", str(repo), "--name", "bench", "-q"]
-        self.record(tool, "full", *timed(cmd, env), self.size)
-
-    def _vmkeep_incr(self, tool: str, encrypted: bool, hints: Path) -> None:
-        repo, env = self._vmkeep_repo(encrypted)
-        cmd = [
-            *self.vmkeep,
-            "backup-image",
-            str(self.image),
-            "--repo",
-            str(repo),
-            "--name",
-            "bench",
-            "--hints",
-            str(hints),
-            "-q",
-        ]
-        self.record(tool, "incremental", *timed(cmd, env), self.size)
-
-    def _vmkeep_restore(self, tool: str, encrypted: bool, digest: str) -> None:
-        repo, env = self._vmkeep_repo(encrypted)
-        out = self.round_dir / "restore"
-        cmd = [*self.vmkeep, "restore", "latest", "--repo", str(repo), "--to-dir", str(out), "-q"]
-        self.record(tool, "restore", *timed(cmd, env), self.size)
-        self.check_restore(tool, find_one(out), digest)
-
-    def full_vmkeep(self) -> None:
-        self._vmkeep_full("vmkeep", False)
-
-    def incr_vmkeep(self, hints: Path) -> None:
-        self._vmkeep_incr("vmkeep", False, hints)
-
-    def restore_vmkeep(self, digest: str) -> None:
-        self._vmkeep_restore("vmkeep", False, digest)
-
-    def full_vmkeep_aes(self) -> None:
-        self._vmkeep_full("vmkeep-aes", True)
-
-    def incr_vmkeep_aes(self, hints: Path) -> None:
-        self._vmkeep_incr("vmkeep-aes", True, hints)
-
-    def restore_vmkeep_aes(self, digest: str) -> None:
-        self._vmkeep_restore("vmkeep-aes", True, digest)
-
-    # -- restic (always encrypted; compression auto, repository format 2) ---------------------
-
-    def _restic(self, *args: str) -> tuple[list[str], dict[str, str]]:
-        return ["restic", "--repo", str(self.round_dir / "repo"), "--quiet", *args], {"RESTIC_PASSWORD": PASSWORD}
-
-    def full_restic(self) -> None:
-        cmd, env = self._restic("init")
-        subprocess.run(cmd, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
-        self.record("restic", "full", *timed(*self._restic("backup", str(self.image))), self.size)
-
-    def incr_restic(self, hints: Path) -> None:
-        self.record("restic", "incremental", *timed(*self._restic("backup", str(self.image))), self.size)
-
-    def restore_restic(self, digest: str) -> None:
-        out = self.round_dir / "restore"
-        self.record("restic", "restore", *timed(*self._restic("restore", "latest", "--target", str(out))), self.size)
-        self.check_restore("restic", find_one(out), digest)
-
-    # -- borg (unencrypted, its default lz4 compression) --------------------------------------
-
-    def full_borg(self) -> None:
-        repo = self.round_dir / "repo"
-        subprocess.run(["borg", "init", "--encryption=none", str(repo)], env={**os.environ, **BORG_ENV}, check=True)
-        self.record("borg", "full", *timed(["borg", "create", f"{repo}::full", str(self.image)], BORG_ENV), self.size)
-
-    def incr_borg(self, hints: Path) -> None:
-        cmd = ["borg", "create", f"{self.round_dir / 'repo'}::incr", str(self.image)]
-        self.record("borg", "incremental", *timed(cmd, BORG_ENV), self.size)
-
-    def restore_borg(self, digest: str) -> None:
-        out = self.round_dir / "restore"
-        out.mkdir()
-        cmd = ["borg", "extract", f"{self.round_dir / 'repo'}::incr"]
-        self.record("borg", "restore", *timed(cmd, BORG_ENV, cwd=out), self.size)
-        self.check_restore("borg", find_one(out), digest)
+OPS = (("full", "full"), ("incremental", "1% incremental"), ("restore", "restore"), ("points", "list points"))
+TARGETS = (  # (what, numerator (tool, op), denominator (tool, op), target, at least?) of docs/DESIGN.md
+    ("full: restic / vmkeep-aes", ("restic", "full"), ("vmkeep-aes", "full"), 2.5, True),
+    ("full: borg / vmkeep-aes", ("borg", "full"), ("vmkeep-aes", "full"), 2.0, True),
+    ("full: vmkeep-aes / zstd -1 -T2", ("vmkeep-aes", "full"), (LIMIT, "full"), 1.3, False),
+    ("1% incremental: restic / vmkeep-aes", ("restic", "incremental"), ("vmkeep-aes", "incremental"), 10.0, True),
+    (
+        "1% incremental, big image: restic / vmkeep-aes",
+        ("restic", "incremental big"),
+        ("vmkeep-aes", "incremental big"),
+        20.0,
+        True,
+    ),
+    ("restore: restic / vmkeep-aes", ("restic", "restore"), ("vmkeep-aes", "restore"), 2.0, True),
+    ("restore: vmkeep-aes / dd oflag=direct", ("vmkeep-aes", "restore"), (LIMIT, "restore"), 1.3, False),
+    ("restore: vmkeep / dd oflag=direct", ("vmkeep", "restore"), (LIMIT, "restore"), 1.3, False),
+)
+LIMIT_NAMES = {
+    "full": "`zstd -1 -T2`",
+    "incremental": "read changed blocks",
+    "incremental big": "read changed blocks",
+    "restore": "`dd oflag=direct`",
+}
 
 
-def seconds_of(runs: list[Run], tool: str, op: str) -> float | None:
-    return next((r.seconds for r in runs if r.tool == tool and r.op == op), None)
-
-
-def targets(runs: list[Run]) -> list[tuple[str, float | None, float, bool | None]]:
-    """(what, measured ratio, target, met) for each target of docs/DESIGN.md."""
-
-    def ratio(a: tuple[str, str], b: tuple[str, str]) -> float | None:
-        x, y = seconds_of(runs, *a), seconds_of(runs, *b)
-        return None if x is None or y is None else x / y
-
-    rows = [
-        ("full: restic time / vmkeep time", ratio(("restic", "full"), ("vmkeep", "full")), 2.5, True),
-        ("full: borg time / vmkeep time", ratio(("borg", "full"), ("vmkeep", "full")), 2.0, True),
-        ("full: vmkeep time / zstd -1 -T2 time", ratio(("vmkeep", "full"), ("zstd -1 -T2", "compress")), 1.3, False),
-        (
-            "1% incremental: restic time / vmkeep time",
-            ratio(("restic", "incremental"), ("vmkeep", "incremental")),
-            15.0,
-            True,
-        ),
-        ("restore: restic time / vmkeep time", ratio(("restic", "restore"), ("vmkeep", "restore")), 2.0, True),
+def report(bench: Bench) -> dict[str, object]:
+    medians = {(t, op): bench.median(t, op) for t in [*TOOLS, LIMIT] for op, _ in [*OPS, ("incremental big", "")]}
+    ops = [
+        *OPS[:2],
+        *((("incremental big", f"1% incremental, {human(bench.big_size)}"),) if bench.big_size else ()),
+        *OPS[2:],
     ]
-    out = []
-    for what, value, target, at_least in rows:
+    print(
+        f"\nmedian of {bench.rounds} round(s), {human(bench.size)} image"
+        f"{', restores from a cold page cache' if bench.cold else ''}:\n"
+    )
+    header = "| | " + " | ".join(label for _, label in ops) + " | peak memory (full / restore) |"
+    print(header)
+    print("|---" * (len(ops) + 2) + "|")
+    for tool in [t for t in TOOLS if t in bench.tools] + [LIMIT]:
+        cells = []
+        for op, _ in ops:
+            run = medians.get((tool, op))
+            base = medians.get((LIMIT, op))
+            if run is None:
+                cells.append("")
+            elif tool == LIMIT:
+                cells.append(f"{run.seconds:.3g} s ({LIMIT_NAMES.get(op, '')})" if op in LIMIT_NAMES else "")
+            else:
+                ratio = f" ({run.seconds / base.seconds:.2f}× limit)" if base is not None and base.seconds > 0 else ""
+                cells.append(f"{run.seconds:.3g} s{ratio}")
+        full, restore = medians.get((tool, "full")), medians.get((tool, "restore"))
+        peak = f"{full.peak_mb:.0f} / {restore.peak_mb:.0f} MB" if full and restore and tool != LIMIT else ""
+        print(f"| {tool} | " + " | ".join(cells) + f" | {peak} |")
+    print("\ntargets (docs/DESIGN.md), on medians:")
+    results = []
+    for what, num, den, target, at_least in TARGETS:
+        a, b = medians.get(num), medians.get(den)
+        value = None if a is None or b is None or b.seconds == 0 else a.seconds / b.seconds
         met = None if value is None else (value >= target if at_least else value <= target)
-        out.append((what, value, target, met))
-    return out
+        verdict = {None: "not measured", True: "met", False: "MISSED"}[met]
+        shown = "n/a" if value is None else f"{value:6.2f}"
+        print(f"  {what:42} {shown}  (target {'>=' if at_least else '<='} {target})  {verdict}")
+        results.append({"what": what, "ratio": value, "target": target, "met": met})
+    print("\nload average per round (start, end): " + "; ".join(f"{s} -> {e}" for _, s, e in bench.loads))
+    return {
+        "size": bench.size,
+        "big_size": bench.big_size,
+        "cpus": os.cpu_count(),
+        "rounds": bench.rounds,
+        "cold_restores": bench.cold,
+        "loads": bench.loads,
+        "runs": [asdict(r) for r in bench.runs],
+        "medians": [asdict(m) for m in medians.values() if m is not None],
+        "targets": results,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="2G", help="image size (default: 2G)")
+    parser.add_argument("--size", default="768M", help="image size (default: 768M)")
+    parser.add_argument("--big-size", default="0", help="also an incremental line at this size, e.g. 4G (default: off)")
     parser.add_argument("--workdir", type=Path, help="where to work (default: a temporary directory, removed)")
-    parser.add_argument("--tools", default="vmkeep,vmkeep-aes,restic,borg", help="comma-separated tools to run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each sequence; the best counts (default: 3)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated tools to run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median (default: 3)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every run as JSON to FILE")
     args = parser.parse_args()
 
     tools = [t for t in args.tools.split(",") if t]
-    for tool, binary in (("restic", "restic"), ("borg", "borg")):
-        if tool in tools and shutil.which(binary) is None:
-            print(f"bench: {binary} is not installed (./install.sh --bench); skipping it", file=sys.stderr)
+    unknown = [t for t in tools if t not in TOOL_STEPS]
+    if unknown:
+        parser.error(f"unknown tool(s): {', '.join(unknown)}")
+    for tool in ("restic", "borg"):
+        if tool in tools and shutil.which(tool) is None:
+            print(f"bench: {tool} is not installed (./install.sh --bench); skipping it", file=sys.stderr)
             tools.remove(tool)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="vmkeep-bench-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="vmkeep-bench-", dir=os.environ.get("VMKEEP_BENCH_DIR")))
     work.mkdir(parents=True, exist_ok=True)
-    bench = Bench(work, parse_size(args.size))
+    bench = Bench(work, parse_size(args.size), parse_size(args.big_size), tools, max(1, args.rounds))
     try:
-        bench.run(tools, max(1, args.rounds))
+        bench.run()
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-
-    best = bench.best()
-    print(f"\nbest of {args.rounds} round(s):")
-    for run in best:
-        print(f"  {run.tool:16} {run.op:12} {run.seconds:8.2f} s {run.mb_per_s:9.1f} MB/s  peak {run.peak_mb:7.1f} MB")
-    print("\ntargets (docs/DESIGN.md):")
-    results = targets(best)
-    for what, value, target, met in results:
-        shown = "n/a" if value is None else f"{value:6.2f}"
-        verdict = {None: "not measured", True: "met", False: "MISSED"}[met]
-        sign = ">=" if "vmkeep time /" not in what else "<="
-        print(f"  {what:45} {shown}  (target {sign} {target})  {verdict}")
+    doc = report(bench)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "size": bench.size,
-                    "cpus": os.cpu_count(),
-                    "rounds": args.rounds,
-                    "runs": [asdict(r) for r in bench.runs],
-                    "best": [asdict(r) for r in best],
-                    "targets": [{"what": w, "ratio": v, "target": t, "met": m} for w, v, t, m in results],
-                },
-                indent=2,
-            )
-        )
+        args.json.write_text(json.dumps(doc, indent=2))
     return 0
 
 

@@ -8,6 +8,12 @@ image (a quarter zeros, half text, a quarter random), and times ``vmkeep backup`
 processes: the full backup, then incrementals after changing 0.25%, 1% and 4% of the disk's
 1 MiB blocks (64 KiB written in each). It fits time = fixed + changed_bytes / rate over the
 incrementals, so the report shows whether an incremental's time scales with what changed.
+
+Beside the full backup it times the transport's own limit in the same run: a plain parallel
+ranged download of the same frozen ``-flat.vmdk`` with ``curl`` (4 ranges at once, the same TLS
+certificate and session cookie, to /dev/null); and beside ``restore --to-host`` (create the VM,
+upload each disk, read it back to compare) a plain ``curl`` PUT of the same bytes, and a PUT
+followed by a GET (what the restore's upload and read-back verification move).
 """
 
 from __future__ import annotations
@@ -80,6 +86,51 @@ def time_snapshot(endpoint: object, tls_sha256: str) -> float:
         return time.monotonic() - start
 
 
+def curl_base(ca_file: Path, cookie: str) -> list[str]:
+    return ["curl", "-sS", "--fail", "--cacert", str(ca_file), "-b", f"vmware_soap_session={cookie}"]
+
+
+def time_download(url: str, size: int, base: list[str], parallel: int = 4) -> float:
+    """Seconds for ``parallel`` curl processes to fetch ``size`` bytes of ``url`` as ranges."""
+    step = -(-size // parallel)
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen([*base, "-r", f"{o}-{min(o + step, size) - 1}", "-o", "/dev/null", url])
+        for o in range(0, size, step)
+    ]
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit("bench: curl download failed")
+    return time.monotonic() - start
+
+
+def time_upload(url: str, source: Path, base: list[str]) -> float:
+    start = time.monotonic()
+    subprocess.run([*base, "-T", str(source), "-o", "/dev/null", url], check=True)
+    return time.monotonic() - start
+
+
+def session_cookie(ep: Any, tls_sha256: str) -> str:
+    from vmkeep.hypervisors.tls import TlsPolicy
+    from vmkeep.hypervisors.vsphere.connection import ConnectionSettings, VSphereConnection
+
+    settings = ConnectionSettings(f"{ep.host}:{ep.port}", ep.user, ep.password, TlsPolicy(thumbprint=tls_sha256))
+    conn = VSphereConnection(settings)
+    conn.__enter__()  # stays logged in for the bench's curl requests
+    return conn.cookie()
+
+
+def run_restore(ep: Any, tls_sha256: str, repo: Path, name: str) -> float:
+    cmd = [sys.executable, "-m", "vmkeep.agent.cli", "restore", f"latest:{VM}", "--repo", str(repo)]
+    cmd += ["--to-host", f"{ep.host}:{ep.port}", "--user", ep.user, "--thumbprint", tls_sha256]
+    cmd += ["--datastore", "LocalDS_0", "--name", name, "--json"]
+    start = time.monotonic()
+    env = {**os.environ, "VMKEEP_PASSWORD": ep.password}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: restore failed: {proc.stderr.strip()[-500:]}")
+    return time.monotonic() - start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="4G", help="disk size (default: 4G)")
@@ -104,7 +155,13 @@ def main() -> int:
             subprocess.run(
                 [sys.executable, "-m", "vmkeep.agent.cli", "init", str(repo)], check=True, stdout=subprocess.DEVNULL
             )
+            cookie = session_cookie(ep, tls.sha256)
+            base = curl_base(tls.ca_pem, cookie)
+            state = api.state(VM).disks[0]
+            flat_url = ep.folder_url(state.flat_path, datastore=state.datastore)
+            download = time_download(flat_url, size, base)
             seconds, point = run_backup(ep, tls.sha256, repo, ep.password)
+            download_after = time_download(flat_url, size, base)
             snapshot_seconds = time_snapshot(ep, tls.sha256)
             disk = point["disks"][0]
             rows.append(
@@ -134,6 +191,13 @@ def main() -> int:
                         "changed_blocks": disk["changed_blocks"],
                     }
                 )
+            restore_seconds = run_restore(ep, tls.sha256, repo, "bench-restored")
+            flat_copy = work / "flat.img"
+            subprocess.run([*base, "-o", str(flat_copy), flat_url], check=True)
+            put_url = ep.folder_url("bench-put/disk-flat.vmdk", datastore=state.datastore)
+            put = time_upload(put_url, flat_copy, base)
+            get_back = time_download(put_url, size, base, parallel=1)
+            flat_copy.unlink()
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -153,6 +217,17 @@ def main() -> int:
     fixed = mean_y - slope * mean_x
     full = rows[0]
     print(f"\nfull backup: {full['read_bytes'] / full['seconds'] / 1e6:.0f} MB/s over HTTP from the simulator")
+    limit = min(download, download_after)
+    print(
+        f"transport limit: curl, 4 parallel ranged GETs of the whole {size / 2**30:.1f} GiB flat file: "
+        f"{download:.2f} s before the backup, {download_after:.2f} s after; the full backup took "
+        f"{full['seconds']:.2f} s = {full['seconds'] / limit:.2f}x the faster (target <= 1.3)"
+    )
+    print(
+        f"restore --to-host: {restore_seconds:.2f} s (create the VM, upload, read back and compare); "
+        f"curl PUT of the same bytes {put:.2f} s, PUT + GET {put + get_back:.2f} s: "
+        f"{restore_seconds / (put + get_back):.2f}x PUT + GET (target <= 1.3)"
+    )
     print(
         f"incrementals: time = {fixed:.2f} s fixed + {slope * 1000:.1f} ms per MiB read "
         f"({1 / slope if slope > 0 else float('inf'):.0f} MiB/s marginal)"
@@ -175,6 +250,10 @@ def main() -> int:
                     "fixed_seconds": fixed,
                     "seconds_per_mib": slope,
                     "snapshot_seconds": snapshot_seconds,
+                    "curl_download_seconds": [download, download_after],
+                    "restore_to_host_seconds": restore_seconds,
+                    "curl_put_seconds": put,
+                    "curl_get_seconds": get_back,
                 },
                 indent=2,
             )

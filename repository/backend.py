@@ -45,6 +45,31 @@ class Backend(ABC):
         except OSError as exc:
             raise _translate(exc, f"writing {name}") from exc
 
+    def write_volatile(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Write ``name`` atomically and visibly to other processes, but not durably (no fsync).
+
+        For lock files only: a lock protects running processes from each other, and a crash that
+        could lose it ends the process holding it, so the lock has nothing left to protect.
+        Other processes see it at once, through the page cache (or, on NFS, at close). A lock
+        file a crash leaves empty or torn counts as held until it is 30 minutes old, as a
+        readable lock of a dead boot does, so a skipped fsync never lets gc in early.
+        """
+        self._check(name)
+        try:
+            self._write_volatile(name, chunks)
+        except OSError as exc:
+            raise _translate(exc, f"writing {name}") from exc
+
+    def delete_volatile(self, name: str) -> None:
+        """Delete ``name`` without waiting for the deletion to be durable (lock files, as above)."""
+        self._check(name)
+        try:
+            self._delete_volatile(name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _translate(exc, f"deleting {name}") from exc
+
     def sync(self) -> None:
         """Make every write made with ``defer_sync`` durable."""
         try:
@@ -94,6 +119,12 @@ class Backend(ABC):
     def _sync(self) -> None:  # noqa: B027 - backends whose writes are always durable need nothing
         """Finish the deferred part of durable writes."""
 
+    def _write_volatile(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
+        self._write(name, chunks, False)  # durable is never wrong
+
+    def _delete_volatile(self, name: str) -> None:
+        self._delete(name)
+
     @abstractmethod
     @abstractmethod
     def _read(self, name: str, offset: int, length: int) -> bytes: ...
@@ -138,11 +169,17 @@ class LocalBackend(Backend):
         return self.root.joinpath(*name.split("/"))
 
     def _write(self, name: str, chunks: Iterable[bytes | memoryview], defer_sync: bool) -> None:
+        self._write_file(name, chunks, defer_sync, durable=True)
+
+    def _write_volatile(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
+        self._write_file(name, chunks, False, durable=False)
+
+    def _write_file(self, name: str, chunks: Iterable[bytes | memoryview], defer_sync: bool, *, durable: bool) -> None:
         final = self._path(name)
         tmpdir = self.root / "tmp"
         tmp = tmpdir / f"{secrets.token_hex(8)}.tmp"
         parts = list(chunks)
-        direct = self._direct and sum(len(c) for c in parts) >= self.DIRECT_MIN
+        direct = durable and self._direct and sum(len(c) for c in parts) >= self.DIRECT_MIN
         try:
             if not (direct and self._write_direct(tmp, parts, name)):
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC, 0o600)
@@ -152,8 +189,9 @@ class LocalBackend(Backend):
                             view = memoryview(chunk)
                             while view:
                                 view = view[os.write(fd, view) :]
-                    with faults.step(Op.FSYNC, name):
-                        os.fsync(fd)
+                    if durable:
+                        with faults.step(Op.FSYNC, name):
+                            os.fsync(fd)
                 finally:
                     os.close(fd)
             if not final.parent.is_dir():
@@ -165,6 +203,8 @@ class LocalBackend(Backend):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if not durable:
+            return
         if defer_sync:
             # The content is on disk; its name becomes durable at sync(). On ext4 each directory
             # fsync is a journal commit, and one commit covers every rename made before it.
@@ -276,11 +316,17 @@ class LocalBackend(Backend):
                 yield FileInfo(f"{rel}/{fname}", st.st_size, st.st_mtime)
 
     def _delete(self, name: str) -> None:
+        self._fsync_dir(self._unlink(name))
+
+    def _delete_volatile(self, name: str) -> None:
+        self._unlink(name)
+
+    def _unlink(self, name: str) -> Path:
         self._forget_fd(name)
         path = self._path(name)
         with faults.step(Op.UNLINK, name):
             path.unlink()
-        self._fsync_dir(path.parent)
+        return path.parent
 
     def _fsync_dir(self, path: Path, op: Op = Op.DIR_FSYNC) -> None:
         with faults.step(op, self._relative(path)):

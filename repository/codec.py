@@ -80,8 +80,9 @@ class Codec:
         header = FrameHeader.unpack(bytes(frame[:FRAME_HEADER_SIZE]), where)
         if len(frame) != FRAME_HEADER_SIZE + header.stored_len:
             raise CorruptRepository(f"{where}: frame length {len(frame)} does not match its header")
-        hasher = xxhash.xxh3_64(frame[:FRAME_CHECKED_PREFIX])
-        hasher.update(frame[FRAME_HEADER_SIZE:])
+        view = memoryview(frame)  # no copy of the payload for the checksum
+        hasher = xxhash.xxh3_64(view[:FRAME_CHECKED_PREFIX])
+        hasher.update(view[FRAME_HEADER_SIZE:])
         if hasher.intdigest() != header.checksum:
             raise CorruptRepository(f"{where}: checksum mismatch (bit rot or a torn write)")
         return header
@@ -91,14 +92,15 @@ class Codec:
         header = self.check_frame(frame, where)
         if expected_id is not None and header.blob_id != expected_id:
             raise CorruptRepository(f"{where}: frame holds block {header.blob_id.hex()[:16]}, not the one indexed")
-        payload: bytes | memoryview = frame[FRAME_HEADER_SIZE:]
+        # A view, not a slice: slicing bytes copies the payload (twice, with the nonce split off).
+        payload: bytes | memoryview = memoryview(frame)[FRAME_HEADER_SIZE:]
         if header.flags & FrameFlags.AES_GCM:
             if self._aead is None:
                 raise CorruptRepository(f"{where}: encrypted frame in an unencrypted repository")
             try:
                 payload = self._aead.decrypt(
-                    bytes(payload[: FORMAT.NONCE_SIZE]),
-                    bytes(payload[FORMAT.NONCE_SIZE :]),
+                    payload[: FORMAT.NONCE_SIZE],
+                    payload[FORMAT.NONCE_SIZE :],
                     _frame_aad(header.blob_type, header.blob_id),
                 )
             except InvalidTag:

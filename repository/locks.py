@@ -195,7 +195,7 @@ class Lock:
         try:
             self._check_others()
         except BaseException:
-            self._backend.delete(self._name)
+            self._backend.delete_volatile(self._name)
             self._name = ""
             raise
         self._last_refresh = time.monotonic()
@@ -222,7 +222,7 @@ class Lock:
         if self._on_release is not None:
             self._on_release(self)
         if name:
-            self._backend.delete(name)
+            self._backend.delete_volatile(name)
 
     def __enter__(self) -> Lock:
         return self
@@ -232,7 +232,7 @@ class Lock:
 
     def _write(self) -> str:
         name = f"{LOCK_DIR}/{self._info.kind}-{secrets.token_hex(8)}"
-        self._backend.write(name, [self._info.dump()])
+        self._backend.write_volatile(name, [self._info.dump()])  # why not durable: Backend.write_volatile
         return name
 
     def _check_others(self) -> None:
@@ -271,7 +271,7 @@ class Lock:
             self._info = LockInfo(self._info.kind, self._info.operation, self._info.holder, time.time())
             try:
                 old, self._name = self._name, self._write()
-                self._backend.delete(old)
+                self._backend.delete_volatile(old)
             except RepositoryError as exc:  # keep the old lock; check() gives up once it is too old
                 log.warning("could not refresh the repository lock: %s", exc)
                 return

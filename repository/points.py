@@ -41,6 +41,7 @@ class DiskRecord:
     identity: dict[str, Any] = field(default_factory=dict)  # uuid, path...: a change forces a full read
     read_bytes: int = 0  # bytes read from the source, the sanity-check sample included
     sanity_bytes: int = 0  # of those, bytes re-read only to check change tracking or an allocation map
+    sanity_windows: int = 0  # how many windows (distinct places) those sanity bytes were read from
     new_bytes: int = 0  # raw bytes of blocks that were new to the repository
     stored_bytes: int = 0  # bytes those new blocks take on disk (compressed, with frame headers)
     zero_bytes: int = 0  # bytes read that were all zeros (not stored)
@@ -63,6 +64,7 @@ class DiskRecord:
                 "capacity",
                 "read_bytes",
                 "sanity_bytes",
+                "sanity_windows",
                 "new_bytes",
                 "stored_bytes",
                 "zero_bytes",

@@ -26,10 +26,13 @@ type ext struct {
 	blockSize int64
 	typeFunc  func(string) (reflect.Type, bool)
 	faults    *faultSet
+	traffic   traffic
 
 	mu  sync.Mutex
 	vms map[types.ManagedObjectReference]*vmState
 	cfg cbtConfig
+
+	snapRecord map[string]*hostSnapshots // concurrent snapshots per host (snapshots.go)
 }
 
 // cbtConfig holds the QueryChangedDiskAreas knobs that tests may change at run time.

@@ -133,6 +133,10 @@ func (x *ext) folderGet(w http.ResponseWriter, r *http.Request, local string, dr
 		x.inner.ServeHTTP(w, r) // stock directory listing
 		return
 	}
+	if r.Method == http.MethodGet {
+		x.traffic.getRequests.Add(1)
+		w = &countingWriter{ResponseWriter: w, n: &x.traffic.getBytes}
+	}
 	if drop != nil {
 		w = &dropWriter{ResponseWriter: w, limit: drop.AfterBytes}
 	}

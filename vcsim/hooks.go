@@ -346,6 +346,7 @@ func (x *ext) afterSnapshot(vm *simulator.VirtualMachine, st *vmState, ref types
 	}
 	st.snaps = append(st.snaps, ref)
 	x.syncVM(vm, st)
+	x.noteSnapshots()
 	return nil
 }
 
@@ -367,6 +368,7 @@ func (x *ext) removeSnapshots(vm *simulator.VirtualMachine, st *vmState, remove 
 		}
 	}
 	x.syncVM(vm, st)
+	x.noteSnapshots()
 	return nil
 }
 

@@ -73,6 +73,8 @@ var testEndpoints = []string{
 	"POST /vmkeep-test/cbt-reset?vm=[&key=]",
 	"GET|POST /vmkeep-test/config",
 	"GET|POST|DELETE /vmkeep-test/fault",
+	"GET|DELETE /vmkeep-test/snapshots",
+	"GET /vmkeep-test/traffic",
 }
 
 func (x *ext) serveTestAPI(w http.ResponseWriter, r *http.Request) {
@@ -93,6 +95,10 @@ func (x *ext) serveTestAPI(w http.ResponseWriter, r *http.Request) {
 		err = x.apiConfig(w, r)
 	case "fault GET", "fault POST", "fault DELETE":
 		err = x.apiFault(w, r)
+	case "snapshots GET", "snapshots DELETE":
+		err = x.apiSnapshots(w, r)
+	case "traffic GET":
+		err = x.apiTraffic(w, r)
 	default:
 		err = notFound("no test endpoint %s %s", r.Method, r.URL.Path)
 	}

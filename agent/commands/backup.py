@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from vmkeep.hypervisors.base import BackupSession
 from vmkeep.hypervisors.platforms import Endpoint, Platform, PlatformKind, SessionOptions, open_platform
@@ -16,9 +18,12 @@ from vmkeep.repository.repo import Repository
 from ..engine import cancel
 from ..engine.jobs import BackupTask, Resources, RetryPolicy, TaskOptions, VmResult, VmStatus, run_tasks
 from ..engine.progress import Progress
+from ..engine.sanity import DEFAULT_WINDOWS, WINDOW
 from ..output import human_duration, human_size, print_json, rate
 from ..terminal import TerminalProgress
 from .common import EXIT_OK, json_option, open_repository, repo_options
+
+log = logging.getLogger(__name__)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,11 +60,13 @@ def backup_options(p: argparse.ArgumentParser, workers: int | None = None) -> No
         "since the sanity check cannot find one block the change list missed",
     )
     p.add_argument(
-        "--sanity-blocks",
-        type=int,
+        "--sanity-sample",
+        type=_count,
         metavar="N",
-        help="unchanged blocks to re-read and compare with the previous point (default: 8, or 1 in 1024, max 256)",
+        help=f"windows of {WINDOW // 1024} KiB per disk, in unchanged blocks, to compare with the previous point "
+        f"(and in unallocated blocks, to check for zeros); 0 turns the check off (default: {DEFAULT_WINDOWS})",
     )
+    p.add_argument("--sanity-blocks", type=_count, metavar="N", help="deprecated: use --sanity-sample")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     json_option(p)
 
@@ -68,10 +75,18 @@ def options_from(args: argparse.Namespace) -> TaskOptions:
     return TaskOptions(
         full=args.full,
         workers=max(1, args.workers),
-        sanity_blocks=args.sanity_blocks,
+        sanity_sample=sanity_sample(args),
         full_every=args.full_every,
         quiesce=not getattr(args, "no_quiesce", False),
     )
+
+
+def sanity_sample(args: argparse.Namespace) -> int | None:
+    """--sanity-sample, or the deprecated --sanity-blocks (which counted whole blocks; now windows)."""
+    if args.sanity_sample is None and args.sanity_blocks is not None:
+        log.warning("--sanity-blocks is deprecated: use --sanity-sample (it counts 64 KiB windows, not blocks)")
+        return int(args.sanity_blocks)
+    return cast("int | None", args.sanity_sample)
 
 
 class CliResources(Resources):
@@ -162,10 +177,11 @@ def report(points: list[RecoveryPoint]) -> None:
 
 
 def read_figure(disk: DiskRecord) -> str:
-    """What was read: "3.0 MiB", or "3.0 MiB + 8.0 MiB sanity check" when a sample was re-read to check."""
+    """What was read: "3.0 MiB", or "3.0 MiB + 1.0 MiB sanity check (16 windows)" when a sample was read."""
     if not disk.sanity_bytes:
         return human_size(disk.read_bytes)
-    return f"{human_size(disk.read_bytes - disk.sanity_bytes)} + {human_size(disk.sanity_bytes)} sanity check"
+    windows = f" ({disk.sanity_windows} windows)" if disk.sanity_windows else ""
+    return f"{human_size(disk.read_bytes - disk.sanity_bytes)} + {human_size(disk.sanity_bytes)} sanity check{windows}"
 
 
 def _positive(text: str) -> int:
@@ -175,4 +191,14 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, not {text!r}")
     return value

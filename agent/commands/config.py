@@ -68,7 +68,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         raise error from None
     checks: list[dict[str, Any]] = []
     if not args.offline:
-        checks = [*_check_sources(cfg), *_check_repositories(cfg)]
+        checks = [*_check_sources(cfg), *_check_repositories(cfg), *_check_executor(cfg)]
     problems = [f"{c['key']}: {c['error']}" for c in checks if c["error"]]
     if args.json:
         print_json({"config": str(path), "ok": not problems, "problems": problems, "checks": checks})
@@ -113,3 +113,28 @@ def _check_repositories(cfg: LoadedConfig) -> list[dict[str, Any]]:
             error = str(exc)
         out.append({"key": f"repositories.{name}", "what": f"open {repo.location}", "error": error})
     return out
+
+
+def _check_executor(cfg: LoadedConfig) -> list[dict[str, Any]]:
+    """With executor = "celery": log in to the broker's Redis (Celery itself is not needed for that)."""
+    from ..config.model import ExecutorType
+
+    executor = cfg.config.executor
+    if executor.type != ExecutorType.CELERY:
+        return []
+    error = None
+    try:
+        from ..fleet.settings import FleetSettings
+
+        client = FleetSettings.of(cfg).redis()
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except ConfigError as exc:
+        error = str(exc)
+    except ImportError as exc:
+        error = f"the fleet needs its extra dependencies: pip install 'vmkeep[fleet]' ({exc})"
+    except Exception as exc:  # redis-py's connection and authentication errors
+        error = f"{type(exc).__name__}: {exc}"
+    return [{"key": "executor", "what": f"log in to the broker {executor.broker}", "error": error}]

@@ -166,6 +166,7 @@ class JobConfig(_Strict):
     folders: list[str] = Field(default_factory=list)  # inventory folders, e.g. "/DC0/vm/prod" (and below)
     retention: RetentionConfig | None = None
     full_every: Positive | None = None
+    sanity_sample: Count | None = None  # windows per disk the sanity checks compare (0: off)
     concurrency: Positive = 2
     retries: RetryConfig = Field(default_factory=RetryConfig)
     webhook: str | None = None
@@ -229,9 +230,55 @@ class AgentConfig(_Strict):
         return value
 
 
+class ExecutorType(StrEnum):
+    LOCAL = "local"  # in the agent's process (the default)
+    CELERY = "celery"  # on `vmkeep worker` processes, through Celery and Redis
+
+
+class Routing(StrEnum):
+    HOST = "host"  # each VM's task goes to the queue of its host: vmkeep.host.<moref>
+    DATASTORE = "datastore"  # to the queue of its first datastore: vmkeep.datastore.<moref>
+    NONE = "none"  # every task to one queue, vmkeep
+
+
+class ExecutorConfig(_Strict):
+    """Where the tasks of a run execute. With ``celery``, the broker's password comes from a file or
+    the environment, never from the URL (which is logged and may show on a command line)."""
+
+    type: Annotated[ExecutorType, Field(strict=False)] = ExecutorType.LOCAL  # from the file's string
+    broker: str | None = None  # redis://HOST:PORT/DB, without a password
+    password_file: str | None = None
+    password_env: str | None = None
+    routing: Annotated[Routing, Field(strict=False)] = Routing.HOST
+    visibility_timeout: Annotated[float, Field(gt=0)] = 3600.0  # a task unacknowledged this long is redelivered
+    slot_ttl: Annotated[float, Field(gt=0)] = 60.0  # a snapshot slot not refreshed this long is free again
+    claim_ttl: Annotated[float, Field(gt=0)] = 60.0  # a task not refreshed by its worker this long may be retried
+    result_timeout: Annotated[float, Field(gt=0)] = 86400.0  # the agent gives up waiting for a task after this
+
+    @model_validator(mode="after")
+    def _celery_settings(self) -> Self:
+        if self.type != ExecutorType.CELERY:
+            return self
+        if not self.broker:
+            raise ValueError('type = "celery" needs broker = "redis://HOST:PORT/DB"')
+        scheme, sep, rest = self.broker.partition("://")
+        if not sep or scheme not in ("redis", "rediss"):
+            raise ValueError(f"broker is a redis:// or rediss:// URL, e.g. redis://127.0.0.1:6379/0; got {scheme!r}")
+        if "@" in rest.split("/", 1)[0]:
+            raise ValueError("broker: no user or password in the URL; give password_file or password_env")
+        if self.password_file and self.password_env:
+            raise ValueError("give password_file or password_env, not both")
+        return self
+
+    @property
+    def password_path(self) -> Path | None:
+        return _expand(self.password_file) if self.password_file else None
+
+
 class Config(_Strict):
     state_dir: str | None = None
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     repositories: dict[str, RepositoryConfig] = Field(default_factory=dict)
     jobs: dict[str, JobConfig] = Field(default_factory=dict)

@@ -22,7 +22,7 @@ from ..config.load import LoadedConfig
 from ..config.model import JobConfig
 from ..engine.cancel import CancelToken
 from ..engine.exceptions import Interrupted
-from ..engine.jobs import BackupTask, RetryPolicy, TaskOptions, VmResult, VmStatus, run_tasks
+from ..engine.jobs import BackupTask, Executor, RetryPolicy, TaskOptions, VmResult, VmStatus, run_tasks
 from ..exceptions import AgentError
 from ..history import History, RunStatus, Trigger
 from ..output import human_size
@@ -105,7 +105,15 @@ def run_job(
                 for result in unresolved:
                     record(result)
                 retry = RetryPolicy(job.retries.count, job.retries.delay)
-                done = run_tasks(tasks, resources, token, concurrency=job.concurrency, retry=retry, on_result=record)
+                done = run_tasks(
+                    tasks,
+                    resources,
+                    token,
+                    concurrency=job.concurrency,
+                    retry=retry,
+                    on_result=record,
+                    executor=executor_of(cfg),
+                )
                 outcome.results = unresolved + done
                 if job.retention is not None:
                     outcome.forgotten = _apply_retention(repo, name, job, [r.vm for r in done if r.point_id])
@@ -140,6 +148,29 @@ def run_job(
     return outcome
 
 
+def executor_of(cfg: LoadedConfig) -> Executor | None:
+    """The job file's executor; None for the default (threads in this process). Celery is
+    imported only when the job file asks for it."""
+    from ..config.model import ExecutorType
+
+    if cfg.config.executor.type != ExecutorType.CELERY:
+        return None
+    try:
+        from ..fleet.executor import CeleryExecutor
+        from ..fleet.settings import FleetSettings, vmkeep_version
+    except ImportError as exc:
+        raise JobFailed(f"the celery executor needs the fleet extra: pip install 'vmkeep[fleet]' ({exc})") from None
+    agent = cfg.config.agent
+    try:
+        executor = CeleryExecutor(
+            FleetSettings.of(cfg), vmkeep_version(), agent.snapshots_per_host, agent.snapshots_per_datastore
+        )
+        executor.app  # noqa: B018 (makes the Celery app now: a missing extra fails the run, not each VM)
+    except AgentError as exc:
+        raise JobFailed(f"executor: {exc}") from None
+    return executor
+
+
 def _status(results: list[VmResult]) -> RunStatus:
     if any(r.status == VmStatus.INTERRUPTED for r in results):
         return RunStatus.INTERRUPTED
@@ -162,7 +193,9 @@ def plan_tasks(name: str, cfg: LoadedConfig, only_vms: list[str] | None) -> tupl
             inventory = [v for v in platform.list_vms() if not v.template]
     except (SourceError, AgentError) as exc:
         raise JobFailed(f"source {job.source!r}: {exc}") from None
-    options = TaskOptions(full_every=job.full_every, workers=job.workers, quiesce=job.quiesce)
+    options = TaskOptions(
+        full_every=job.full_every, workers=job.workers, quiesce=job.quiesce, sanity_sample=job.sanity_sample
+    )
     now = datetime.now(UTC)
     tasks: list[BackupTask] = []
     failed: list[VmResult] = []

@@ -39,8 +39,12 @@ ZERO = FORMAT.ZERO_ID
 class BackupOptions:
     full_reason: str | None = None  # force a full read of every disk, for this reason
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
-    sanity_blocks: int | None = None  # blocks the CBT sanity check re-reads (None: automatic)
+    sanity_sample: int | None = None  # windows per disk the sanity checks compare (None: default, 0: off)
+    sanity_seed: int | None = None  # makes the sample's choice reproducible (tests); None: random
     full_every: int | None = None  # every Nth backup of a VM is an active full
+    # Keys the point records in its ``source`` beside the session's own (e.g. the fleet's
+    # idempotency key of the task that made it); never secrets.
+    source_tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,7 +89,7 @@ def backup_vm(
             time=datetime.now(UTC),
             disks=records,
             block_size=repo.config.block_size,
-            source={**session.source_info(), **state.source},
+            source={**session.source_info(), **state.source, **job.options.source_tags},
             hardware=session.hardware(),
             parent=job.previous.id if job.previous is not None else None,
             hostname=socket.gethostname(),
@@ -186,9 +190,10 @@ class _BackupJob:
                 repo,
                 plan,
                 prev_leaves,
-                requested=self.options.sanity_blocks,
+                requested=self.options.sanity_sample,
                 record=record,
                 workers=self.options.workers,
+                seed=self.options.sanity_seed,
             )
             if mismatch is not None:
                 # Change tracking lied: its allocation map ('*') cannot be trusted either.
@@ -196,7 +201,15 @@ class _BackupJob:
                 plan = plan_disk(session, disk, self.previous, block_size, force_full=mismatch, use_allocation=False)
                 prev_leaves = None
         elif plan.from_allocation:
-            wrong_map = check_unallocated_blocks(session, plan, block_size, record, self.options.workers)
+            wrong_map = check_unallocated_blocks(
+                session,
+                plan,
+                block_size,
+                record,
+                self.options.workers,
+                requested=self.options.sanity_sample,
+                seed=self.options.sanity_seed,
+            )
             if wrong_map is not None:
                 self.progress.warn(f"{session.vm_name} {name}: {wrong_map}")
                 plan = plan_disk(session, disk, self.previous, block_size, force_full=plan.reason, use_allocation=False)

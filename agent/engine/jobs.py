@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, copy_context
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -59,14 +59,14 @@ class TaskOptions:
     full: bool = False
     full_every: int | None = None
     workers: int = 4
-    sanity_blocks: int | None = None
+    sanity_sample: int | None = None  # windows per disk the sanity checks compare (None: default, 0: off)
     quiesce: bool = True
 
     def backup_options(self) -> BackupOptions:
         return BackupOptions(
             full_reason="a full backup was requested (--full)" if self.full else None,
             workers=max(1, self.workers),
-            sanity_blocks=self.sanity_blocks,
+            sanity_sample=self.sanity_sample,
             full_every=self.full_every,
         )
 
@@ -161,6 +161,10 @@ class Resources(ABC):
     def progress(self, task: BackupTask) -> Progress:
         return Progress()
 
+    def point_source(self, task: BackupTask) -> dict[str, str]:
+        """Keys the task's point records in its ``source`` (the fleet's idempotency key); none by default."""
+        return {}
+
     def slot(self, task: BackupTask, token: CancelToken) -> AbstractContextManager[object]:
         """Waits for the task's turn (e.g. snapshot limits per host and datastore)."""
         return nullcontext()
@@ -203,7 +207,8 @@ def _attempt(task: BackupTask, resources: Resources, token: CancelToken, started
         token.check()
         with resources.slot(task, token), resources.repository(task) as repo, resources.session(task) as session:
             token.check()
-            point = backup_vm(session, repo, task.options.backup_options(), resources.progress(task), token)
+            options = replace(task.options.backup_options(), source_tags=resources.point_source(task))
+            point = backup_vm(session, repo, options, resources.progress(task), token)
     except Interrupted as exc:
         if point is None:
             result.status, result.error, result.exception = VmStatus.INTERRUPTED, str(exc), exc
@@ -241,6 +246,50 @@ def _describe(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc}"
 
 
+class Executor(ABC):
+    """Where the tasks of a run execute: here, in threads (:class:`LocalExecutor`), or elsewhere
+    (the fleet's Celery executor hands each task to a worker and reports its result back)."""
+
+    @abstractmethod
+    def run(
+        self,
+        tasks: list[BackupTask],
+        resources: Resources,
+        token: CancelToken,
+        *,
+        concurrency: int,
+        retry: RetryPolicy,
+        on_result: Callable[[VmResult], None] | None,
+    ) -> list[VmResult]:
+        """Run every task; the results in the order of the tasks, ``on_result`` called as each ends."""
+
+
+class LocalExecutor(Executor):
+    """The tasks in this process, ``concurrency`` threads at a time."""
+
+    def run(
+        self,
+        tasks: list[BackupTask],
+        resources: Resources,
+        token: CancelToken,
+        *,
+        concurrency: int,
+        retry: RetryPolicy,
+        on_result: Callable[[VmResult], None] | None,
+    ) -> list[VmResult]:
+        def one(task: BackupTask) -> VmResult:
+            current_task.set(task)  # each call runs in a fresh context (pool thread or copy below)
+            result = run_task(task, resources, token.child(f"{task.job}/{task.vm}"), retry)
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        if concurrency <= 1 or len(tasks) <= 1:
+            return [copy_context().run(one, t) for t in tasks]
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vmkeep-task") as pool:
+            return list(pool.map(one, tasks))
+
+
 def run_tasks(
     tasks: Iterable[BackupTask],
     resources: Resources,
@@ -249,23 +298,15 @@ def run_tasks(
     concurrency: int = 1,
     retry: RetryPolicy | None = None,
     on_result: Callable[[VmResult], None] | None = None,
+    executor: Executor | None = None,
 ) -> list[VmResult]:
     """Run every task, ``concurrency`` at a time; the results in the order of the tasks.
 
     Each task gets a child of ``token``: cancelling ``token`` stops them all at their next
-    block, and a task not yet started ends as interrupted without touching its VM.
+    block, and a task not yet started ends as interrupted without touching its VM. The
+    ``executor`` (default: :class:`LocalExecutor`) decides where they run.
     """
-    retry = retry or RetryPolicy()
-    todo = list(tasks)
-
-    def one(task: BackupTask) -> VmResult:
-        current_task.set(task)  # each call runs in a fresh context (pool thread or copy below)
-        result = run_task(task, resources, token.child(f"{task.job}/{task.vm}"), retry)
-        if on_result is not None:
-            on_result(result)
-        return result
-
-    if concurrency <= 1 or len(todo) <= 1:
-        return [copy_context().run(one, t) for t in todo]
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vmkeep-task") as pool:
-        return list(pool.map(one, todo))
+    executor = executor or LocalExecutor()
+    return executor.run(
+        list(tasks), resources, token, concurrency=concurrency, retry=retry or RetryPolicy(), on_result=on_result
+    )

@@ -413,6 +413,10 @@ class SimulatorTestApi:
         """The change tracking granularity in bytes."""
         return int(self._call("GET", "state").json()["block_size"])
 
+    def folder_bytes_served(self) -> int:
+        """Body bytes that GET requests on ``/folder`` have sent since the simulator started."""
+        return int(self._call("GET", "traffic").json()["folder_get_bytes"])
+
     # change tracking
     def cbt_reset(self, vm: str, *, key: int | None = None) -> dict[int, str]:
         """Start a new CBT epoch (as after a crash): every older changeId then gives FileFault."""
@@ -500,6 +504,15 @@ class SimulatorTestApi:
         if path_contains:
             spec["path_contains"] = path_contains
         return self.add_fault(spec)
+
+    def snapshots(self) -> dict[str, tuple[int, int]]:
+        """Snapshots per host (moref): (existing now, most at once since start or the last reset)."""
+        hosts = self._call("GET", "snapshots").json()["hosts"]
+        return {h: (int(v["current"]), int(v["max"])) for h, v in hosts.items()}
+
+    def reset_snapshot_record(self) -> None:
+        """Each host's maximum becomes its current count."""
+        self._call("DELETE", "snapshots")
 
     def faults(self) -> list[Fault]:
         return [_fault(f) for f in self._call("GET", "fault").json()["faults"]]

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode
 
 import requests
 from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_attempt, wait_exponential
+from urllib3.exceptions import HTTPError
 
 from ..https import trusted_session
 from .connection import SESSION_COOKIE, VSphereConnection
@@ -90,12 +91,13 @@ class HttpFlatTransport(DiskTransport):
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
 
         def attempt() -> bytes:
-            resp = self._request("GET", file, headers=headers)
+            resp = self._request("GET", file, headers=headers, stream=True)
             if resp.status_code == 206:
-                data = resp.content
+                data = _body(resp)
                 if len(data) != length and not _ends_at(resp, offset + len(data)):
                     raise _Transient(f"short read: {len(data)} of {length} bytes at {offset}")
                 return data
+            resp.close()  # not read: the connection is dropped rather than reused mid-body
             if resp.status_code == 200:
                 raise TransportError(f"{file}: the server ignored the Range header; it cannot serve partial reads")
             if resp.status_code == 416:
@@ -142,6 +144,7 @@ class HttpFlatTransport(DiskTransport):
                 method, url, cookies={SESSION_COOKIE: self._conn.cookie()}, timeout=self._timeout, **kwargs
             )
             if resp.status_code == 401:  # the session expired: log in again, once
+                resp.close()
                 self._conn.relogin()
                 resp = session.request(
                     method, url, cookies={SESSION_COOKIE: self._conn.cookie()}, timeout=self._timeout, **kwargs
@@ -173,6 +176,19 @@ class HttpFlatTransport(DiskTransport):
             raise TransportError(f"{what}: gave up after {ATTEMPTS} attempts: {exc}") from None
 
 
+def _body(resp: requests.Response) -> bytes:
+    """The whole body of a streamed response in one read (``resp.content`` joins 10 KiB pieces).
+
+    Reading it to the end hands the connection back to the pool for the next request.
+    """
+    try:
+        data: bytes = resp.raw.read(decode_content=True)
+    except (requests.ConnectionError, OSError, HTTPError) as exc:
+        raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+    resp._content = data
+    return data
+
+
 def _ends_at(resp: requests.Response, end: int) -> bool:
     """True if Content-Range says the file ends at ``end`` (a short read at the end is fine)."""
     total = resp.headers.get("Content-Range", "").rpartition("/")[2]
@@ -180,27 +196,19 @@ def _ends_at(resp: requests.Response, end: int) -> bool:
 
 
 class _SizedStream:
-    """A file-like body of known length, so requests sends Content-Length, not chunks.
+    """An iterable body of known length, so requests sends Content-Length, not chunks.
 
-    http.client reads it a few KiB at a time; a cursor over the current chunk avoids copying
-    the rest of a 1 MiB chunk on every read.
+    Iterable rather than file-like: urllib3 reads a file-like body 16 KiB at a time (a copy and a
+    sendall each, 64 per 1 MiB block), but hands each item of an iterable to sendall whole.
     """
 
     def __init__(self, chunks: Iterator[bytes], size: int) -> None:
         self._chunks = chunks
-        self._view = memoryview(b"")
-        self.len = size
+        self.len = size  # what requests' super_len reads
         self.sent = 0
 
-    def read(self, n: int = -1) -> bytes:
-        if not self._view:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return b""
-            self._view = memoryview(chunk)
-        if n < 0 or n > len(self._view):
-            n = len(self._view)
-        out = bytes(self._view[:n])
-        self._view = self._view[n:]
-        self.sent += n
-        return out
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            if chunk:
+                self.sent += len(chunk)
+                yield chunk

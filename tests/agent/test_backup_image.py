@@ -58,7 +58,7 @@ def test_incremental_chain_every_point_restores_as_it_was(repo: Repository, tmp_
         assert disk.changed_blocks == len(touched)
         # Reads only the touched blocks, plus the sanity sample of untouched ones.
         sample = disk.read_bytes - sum(min(SMALL_BLOCK, disk.capacity - b * SMALL_BLOCK) for b in touched)
-        assert 0 <= sample <= 8 * SMALL_BLOCK
+        assert 0 <= sample <= 16 * SMALL_BLOCK  # the default sample: 16 windows of (here) a whole block
     for point, expected in zip(points, snapshots, strict=True):
         assert restore_bytes(repo, point.id, tmp_path) == expected
 
@@ -71,7 +71,7 @@ def test_incremental_costs_one_block_and_one_node_per_tree_level(repo: Repositor
         f.write(b"changed!")
     hints = write_hints(tmp_path / "h.json", [Change(3 * SMALL_BLOCK + 10, 8)])
     trees_before = _tree_blobs(repo)
-    point = backup(repo, image, hints, sanity_blocks=0)
+    point = backup(repo, image, hints, sanity_sample=0)
     disk = point.disks[0]
     assert (disk.read_bytes, disk.new_bytes, disk.changed_blocks) == (SMALL_BLOCK, SMALL_BLOCK, 1)
     # The point's metadata is one new leaf plus one new node per level above it, not a new list
@@ -102,7 +102,7 @@ def test_wrong_hints_are_caught_by_the_sanity_check_and_read_in_full(repo: Repos
     backup(repo, image)
     changes = mutate(image, count=4, seed=12, max_len=5000)
     lying = write_hints(tmp_path / "h.json", changes[:1])  # the hints forget three changes
-    point = backup(repo, image, lying, sanity_blocks=10_000)  # sample every unchanged block
+    point = backup(repo, image, lying, sanity_sample=10_000)  # sample every unchanged block
     disk = point.disks[0]
     assert disk.mode == "full"
     assert "CBT sanity check" in disk.reason
@@ -158,9 +158,9 @@ def test_full_read_of_a_sparse_image_skips_its_holes(repo: Repository, tmp_path:
     point = backup(repo, image)
     disk = point.disks[0]
     assert disk.mode == "full"
-    # The four data blocks, plus a sample of 8 blocks from the holes (they must read as zeros).
+    # The four data blocks, plus the default sample of 16 windows in the holes (they must read as zeros).
     assert disk.changed_blocks == 4
-    assert disk.read_bytes == (4 + 8) * SMALL_BLOCK
+    assert (disk.read_bytes, disk.sanity_windows) == (4 * SMALL_BLOCK + 16 * SMALL_BLOCK, 16)
     assert restore_bytes(repo, point.id, tmp_path) == image.read_bytes()
 
 

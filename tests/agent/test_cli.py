@@ -44,7 +44,8 @@ def test_points_and_restore_json_contract(cli_repo: Path, tmp_path: Path) -> Non
     # One --json shape for every backup command: backup (vSphere) prints the same three keys.
     doc = json.loads(first.out)
     assert set(doc) == {"points", "failures", "results"} and doc["results"][0]["status"] == "succeeded"
-    assert points[1]["disks"][0]["read_bytes"] < points[0]["disks"][0]["read_bytes"]
+    incremental = points[1]["disks"][0]
+    assert incremental["read_bytes"] - incremental["sanity_bytes"] < points[0]["disks"][0]["read_bytes"]
 
     out = tmp_path / "out"
     restored = run_vmkeep("restore", points[0]["id"][:10], "--repo", cli_repo, "--to-dir", out, "--json")
@@ -158,7 +159,7 @@ def test_hints_with_discarded_extents_read_as_changed(cli_repo: Path, tmp_path: 
         f.write(bytes(140_000))
     hints = tmp_path / "h.json"
     hints.write_text(json.dumps([Change(70_000, 140_000).hint() | {"exists": "false"}]))
-    assert run_vmkeep("backup-image", image, "--repo", cli_repo, "--hints", hints, "--sanity-blocks", "0").code == 0
+    assert run_vmkeep("backup-image", image, "--repo", cli_repo, "--hints", hints, "--sanity-sample", "0").code == 0
     out = tmp_path / "out"
     assert run_vmkeep("restore", "latest", "--repo", cli_repo, "--to-dir", out).code == 0
     assert (out / "a-disk0.img").read_bytes() == image.read_bytes()

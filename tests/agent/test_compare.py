@@ -57,9 +57,9 @@ def test_a_missed_block_is_stored_wrong_and_the_comparison_finds_exactly_it(repo
     hinted = overwrite_block(image, 10, seed=1)
     overwrite_block(image, 31, seed=2)  # a block that was all zeros; the hints miss it
     hints = write_hints(tmp_path / "hints.json", [hinted])
-    # --sanity-blocks 0: the default sample finds a missed block only by chance (8 of 63 here), and
-    # this test is about what happens when it does not.
-    incremental = run_vmkeep("backup-image", image, "--repo", repo, "--hints", hints, "--sanity-blocks", "0", "--json")
+    # --sanity-sample 0: the default sample finds a missed block only by chance (16 windows in 63 blocks
+    # here), and this test is about what happens when it does not.
+    incremental = run_vmkeep("backup-image", image, "--repo", repo, "--hints", hints, "--sanity-sample", "0", "--json")
     assert incremental.code == 0, incremental.err
     assert backed_up(incremental)["disks"][0]["mode"] == "incremental"
 

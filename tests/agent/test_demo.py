@@ -73,5 +73,7 @@ def test_the_vsphere_demo_does_not_hold_whole_disks_in_memory(vcsim_binary: Path
     peak_kib = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0])
     # Reading whole images held two copies of the disk plus the restored ones: 903 MiB at this size
     # on the project's VM. Hashing in chunks peaked at 175 MiB there alone, 267 MiB in one run of the
-    # whole suite; the bound sits between, at twice the disk.
-    assert peak_kib < 2 * size_mib * 1024, f"peak {peak_kib // 1024} MiB"
+    # whole suite, and 423 to 538 MiB with five suites at once on 2 cores (not reproduced alone, even
+    # with the cores busy: 165 to 175 MiB). The bound sits below whole images, at three times the
+    # disk; bench/memory.py measures the real limit, a 1 TiB disk in under 300 MB.
+    assert peak_kib < 3 * size_mib * 1024, f"peak {peak_kib // 1024} MiB"

@@ -75,9 +75,10 @@ def test_the_sanity_sample_is_shown_apart_from_what_was_read(tmp_path: Path) -> 
     incremental = run_vmkeep(*args, "--json")
     [second] = backed_up(incremental)["disks"]
     assert second["mode"] == "incremental"
-    assert second["sanity_bytes"] == 8 * BLOCK  # the default sample: 8 unchanged blocks re-read
+    # The default sample: 16 windows, one per unchanged block, each a whole 64 KiB block here.
+    assert (second["sanity_bytes"], second["sanity_windows"]) == (16 * BLOCK, 16)
     assert second["read_bytes"] == second["changed_blocks"] * BLOCK + second["sanity_bytes"]
     text = run_vmkeep(*args)
     assert text.code == 0, text.err
     changed = second["changed_blocks"] * 64
-    assert f"read {changed}.0 KiB + 512.0 KiB sanity check" in text.out
+    assert f"read {changed}.0 KiB + 1.0 MiB sanity check (16 windows)" in text.out

@@ -36,7 +36,7 @@ def test_full_then_incrementals_restore_exactly_what_each_snapshot_froze(
     with connect(vcsim) as conn:
         for round_ in range(5):
             expected.append(disk_bytes(vcsim, VM, capacity))
-            point = back_up(conn, repo, sanity_blocks=0)
+            point = back_up(conn, repo, sanity_sample=0)
             points.append(point)
             disk = point.disks[0]
             if round_ == 0:
@@ -130,7 +130,7 @@ def test_change_tracking_that_misses_a_write_is_caught_and_read_in_full(
             f.seek(5 * MiB + 1234)
             f.write(b"CBT never saw this")
         image = disk_bytes(vcsim, VM, capacity)
-        point = back_up(conn, repo, sanity_blocks=10_000)  # re-read every unchanged block
+        point = back_up(conn, repo, sanity_sample=10_000)  # re-read every unchanged block
     disk = point.disks[0]
     assert disk.mode == "full" and "CBT sanity check" in disk.reason
     assert restored_disks(repo, point, tmp_path) == {key: image}

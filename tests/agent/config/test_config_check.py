@@ -39,6 +39,7 @@ vms = ["db*"]
 folders = ["/DC0/vm/databases"]
 schedule = "*/30 * * * * *"
 full_every = 30
+sanity_sample = 0
 concurrency = 1
 webhook = "http://127.0.0.1:9999/hook"
 """
@@ -72,6 +73,10 @@ def test_a_valid_file_passes(tmp_path: Path) -> None:
         (
             ("daily = 14", "daily = -1"),
             "jobs.web.retention.daily (line 21): Input should be greater than or equal to 0",
+        ),
+        (
+            ("sanity_sample = 0", "sanity_sample = -1"),
+            "jobs.db.sanity_sample (line 30): Input should be greater than or equal to 0",
         ),
         (("daily = 14", "daily = 1.5"), "jobs.web.retention.daily (line 21): Input should be a valid integer"),
         (("daily = 14", 'daily = "14"'), "jobs.web.retention.daily (line 21): Input should be a valid integer"),

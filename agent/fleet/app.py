@@ -1,0 +1,60 @@
+"""The Celery application of the fleet: its settings and its tasks, made on demand.
+
+The agent makes one to hand out tasks, each ``vmkeep worker`` one to run them: a VM's backup,
+and a point's verification or restore on one chosen worker. The task
+functions find the worker's context (job file, Redis, repositories) in ``WORKER``, set by
+``vmkeep worker`` before the Celery worker starts: the worker's pool is threads, in its process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import FleetConfigError
+from .settings import FleetSettings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .worker import WorkerContext
+
+BACKUP_TASK = "vmkeep.backup"
+VERIFY_TASK = "vmkeep.verify_point"
+RESTORE_TASK = "vmkeep.restore_point"
+
+WORKER: WorkerContext | None = None
+
+
+def make_app(settings: FleetSettings) -> Celery:
+    try:
+        from celery import Celery
+    except ImportError as exc:
+        raise FleetConfigError(f"the fleet needs its extra dependencies: pip install 'vmkeep[fleet]' ({exc})") from None
+    app = Celery("vmkeep", set_as_current=False)
+    app.conf.update(settings.celery_conf())
+
+    @app.task(name=BACKUP_TASK, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    def backup(payload: dict[str, Any]) -> dict[str, Any]:
+        from .worker import execute_backup
+
+        if WORKER is None:
+            raise RuntimeError("vmkeep.backup runs in `vmkeep worker` only")
+        return execute_backup(WORKER, payload)
+
+    @app.task(name=VERIFY_TASK)  # type: ignore[untyped-decorator]
+    def verify(payload: dict[str, Any]) -> dict[str, Any]:
+        from .points import verify_point
+
+        if WORKER is None:
+            raise RuntimeError(f"{VERIFY_TASK} runs in `vmkeep worker` only")
+        return verify_point(WORKER, payload)
+
+    @app.task(name=RESTORE_TASK)  # type: ignore[untyped-decorator]
+    def restore(payload: dict[str, Any]) -> dict[str, Any]:
+        from .points import restore_point
+
+        if WORKER is None:
+            raise RuntimeError(f"{RESTORE_TASK} runs in `vmkeep worker` only")
+        return restore_point(WORKER, payload)
+
+    return app

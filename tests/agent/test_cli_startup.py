@@ -1,0 +1,67 @@
+"""Each command imports only what it uses: an image backup loads no hypervisor client, no job-file
+or task-queue library. Checked in a fresh interpreter, where sys.modules tells the truth."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fixtures.images import make_image
+from tests.fixtures.repos import run_vmkeep
+from vmkeep.agent.cli import COMMAND_MODULES, build_parser
+
+# Libraries an image backup or a restore to a directory has no use for.
+NOT_FOR_IMAGES = ("pyVmomi", "requests", "urllib3", "winrm", "spnego", "smbprotocol", "celery", "kombu", "pydantic")
+NOT_FOR_IMAGES += ("croniter", "tomllib", "tenacity", "tqdm", "importlib.metadata")
+
+PROBE = """
+import json, sys
+from vmkeep.agent import cli
+code = cli.main(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def _loaded(*args: str | Path) -> set[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+    )
+    doc = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert doc["code"] == 0, proc.stderr
+    return set(doc["modules"])
+
+
+def _heavy(modules: set[str]) -> set[str]:
+    return {m for m in modules for name in NOT_FOR_IMAGES if m == name or m.startswith(name + ".")}
+
+
+def test_an_image_backup_and_a_restore_import_no_hypervisor_or_job_file_library(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert run_vmkeep("init", repo).code == 0
+    image = make_image(tmp_path / "web01.img", 3_000_000, seed=1)
+    assert _heavy(_loaded("backup-image", image, "--repo", repo, "--quiet")) == set()
+    assert _heavy(_loaded("points", "--repo", repo)) == set()
+    assert _heavy(_loaded("restore", "latest", "--repo", repo, "--to-dir", tmp_path / "out", "--quiet")) == set()
+
+
+def test_the_command_table_names_what_each_module_registers() -> None:
+    """cli.COMMAND_MODULES decides which module a command imports; it must match the modules."""
+    for module, commands in COMMAND_MODULES.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"vmkeep.agent.commands.{module}").add_parsers(sub)
+        assert tuple(sub.choices) == commands, module
+    full = build_parser()
+    [action] = [a for a in full._actions if isinstance(a, argparse._SubParsersAction)]
+    assert list(action.choices) == [c for commands in COMMAND_MODULES.values() for c in commands]
+
+
+def test_version_and_help_still_work_without_a_command() -> None:
+    version = run_vmkeep("--version")
+    assert version.code == 0 and version.out.startswith("vmkeep ")
+    helped = run_vmkeep("--help")
+    assert helped.code == 0 and "backup-image" in helped.out and "history" in helped.out
+    assert run_vmkeep("-v", "points", "--help").code == 0
