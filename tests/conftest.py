@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.certs",
     "tests.fixtures.hyperv",
+    "tests.fixtures.hyperv_lab",
     "tests.fixtures.redis",
     "tests.fixtures.repos",
     "tests.fixtures.vcsim",

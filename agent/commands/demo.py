@@ -23,7 +23,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "jobs a few seconds apart until both ran. With --image, do the same with a disk image "
         "and change hints, without the simulator.",
     )
-    p.add_argument("--image", action="store_true", help="back up a sample disk image instead of a simulated VM")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--image", action="store_true", help="back up a sample disk image instead of a simulated VM")
+    kind.add_argument(
+        "--hyperv",
+        action="store_true",
+        help="the same on the simulated Hyper-V host: WinRM (NTLM, encrypted), RCT, the VHDX read over SMB "
+        "(Samba, when run as root), restore to files and to the host",
+    )
     p.add_argument(
         "--dir", type=Path, metavar="DIR", help="work directory, kept (default: a temporary one, removed at the end)"
     )
@@ -45,6 +52,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if size < 1024 * 1024 or size % (1024 * 1024):
         raise ConfigError("--size must be a whole number of MiB")
     run = run_image_demo if args.image else run_vsphere_demo
+    if args.hyperv:
+        from ..demo_hyperv import run_hyperv_demo
+
+        run = run_hyperv_demo
     workdir = args.dir if args.dir is not None else Path(tempfile.mkdtemp(prefix="vmkeep-demo-"))
     remove = args.dir is None and not args.keep
     try:

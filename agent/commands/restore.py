@@ -15,12 +15,14 @@ from ..engine.restore import disk_images, restore_point_to_dir
 from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from ..terminal import TerminalProgress
+from . import hyperv
 from .common import EXIT_OK, json_option, no_lock_option, open_repository, repo_options
 from .vsphere import endpoint_from, host_options, tls_options
 
 # The options that name the host to restore to, one per platform (as HOST_OPTIONS of backup).
 RESTORE_HOST_OPTIONS: list[tuple[str, PlatformKind, str, str]] = [
     ("--to-host", PlatformKind.VSPHERE, "URL", "vCenter or ESXi address or URL"),
+    hyperv.RESTORE_HOST_OPTION,
 ]
 
 
@@ -58,6 +60,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     host.add_argument("--power-on", action="store_true", help="power the VM on after the restore")
     host.add_argument("--no-verify", action="store_true", help="skip reading the uploaded disks back")
+    hyperv.smb_options(host)
+    hyperv.restore_options(host)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, metavar="N", help="reader threads")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     no_lock_option(p)
@@ -109,6 +113,7 @@ HOST_TARGETS: dict[
     PlatformKind, tuple[tuple[str, ...], Callable[[argparse.Namespace, RecoveryPoint], RestoreTarget]]
 ] = {
     PlatformKind.VSPHERE: (("--user", "--datastore"), _vsphere_target),
+    PlatformKind.HYPERV: (("--user",), hyperv.restore_target),
 }
 
 

@@ -21,6 +21,7 @@ from .. import secrets
 from ..engine.jobs import BackupTask, RetryPolicy
 from ..exceptions import ConfigError
 from ..output import human_size, print_json, print_table
+from . import hyperv
 from .backup import CliResources, backup_options, options_from, print_results, report, run_cli_tasks, session_opener
 from .common import EXIT_FAILURE, EXIT_OK, json_option, open_repository, repo_options
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 # here (e.g. ("--hyperv", PlatformKind.HYPERV, "HOST", "Hyper-V host name or URL")).
 HOST_OPTIONS: list[tuple[str, PlatformKind, str, str]] = [
     ("--vcenter", PlatformKind.VSPHERE, "URL", "vCenter or ESXi address or URL"),
+    hyperv.HOST_OPTION,
 ]
 
 
@@ -74,6 +76,7 @@ def connection_options(p: argparse.ArgumentParser) -> None:
         help="read the host's password from FILE (default: $VMKEEP_PASSWORD, else a prompt)",
     )
     tls_options(p)
+    hyperv.smb_options(p)
 
 
 def tls_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -108,7 +111,10 @@ def endpoint_from(args: argparse.Namespace, kind: PlatformKind) -> Endpoint:
         platform_class(kind).check_address(args.server, tls)
     except SourceError as exc:
         raise ConfigError(str(exc)) from None
-    return Endpoint(args.server, args.user, secrets.password(args.password_file, args.user, args.server), tls)
+    endpoint = Endpoint(args.server, args.user, secrets.password(args.password_file, args.user, args.server), tls)
+    if kind is PlatformKind.HYPERV:
+        endpoint = hyperv.hyperv_endpoint(args, endpoint)
+    return endpoint
 
 
 def connect(args: argparse.Namespace) -> Platform:
@@ -125,7 +131,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "since the previous recovery point are read over the datastore HTTP endpoint, a recovery point is "
         "committed, and the snapshot is removed, also when the backup fails or is interrupted. Change "
         "tracking is enabled where it is off. A disk is read in full (and the point says why) when there is "
-        "no earlier point, its change id is refused, it was resized or replaced, or --full is given.",
+        "no earlier point, its change id is refused, it was resized or replaced, or --full is given. With --hyperv, "
+        "a recovery checkpoint and Resilient Change Tracking take their place, and the frozen VHDX files are read "
+        "over SMB (docs/HYPERV.md).",
     )
     connection_options(p)
     p.add_argument("--vm", action="append", required=True, metavar="NAME", help="VM to back up (repeatable)")
@@ -143,19 +151,21 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser(
         "store-password",
-        help="keep a vCenter/ESXi password in the OS keyring",
+        help="keep a vCenter/ESXi or Hyper-V password in the OS keyring",
         description="Store the password for USER on SERVER in the OS keyring (read from a prompt, or from "
         "standard input when it is not a terminal), so that backups need neither a file nor an environment "
         "variable. With --delete, remove it. Needs the keyring package: pip install 'vmkeep[keyring]'.",
     )
-    p.add_argument("--vcenter", dest="server", required=True, metavar="URL", help="vCenter or ESXi address")
-    p.add_argument("--user", "-u", required=True, help="vSphere user")
+    server = p.add_mutually_exclusive_group(required=True)
+    server.add_argument("--vcenter", dest="server", metavar="URL", help="vCenter or ESXi address")
+    server.add_argument("--hyperv", dest="server", metavar="HOST", help="Hyper-V host (as given to --hyperv)")
+    p.add_argument("--user", "-u", required=True, help="the host's user")
     p.add_argument("--delete", action="store_true", help="remove the stored password")
     p.set_defaults(func=cmd_store_password)
 
     p = sub.add_parser(
         "vms",
-        help="list the VMs of a vCenter or ESXi host",
+        help="list the VMs of a vCenter, ESXi or Hyper-V host",
         description="List VMs with power state, change tracking state, snapshots and disks (one round trip).",
     )
     connection_options(p)

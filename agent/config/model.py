@@ -29,6 +29,7 @@ class _Strict(BaseModel):
 
 class SourceType(StrEnum):
     VSPHERE = "vsphere"
+    HYPERV = "hyperv"
 
 
 class LogFormat(StrEnum):
@@ -44,7 +45,7 @@ def _expand(path: str) -> Path:
 class SourceConfig(_Strict):
     """A vCenter or ESXi host. The password comes from a file, the environment or the keyring."""
 
-    type: SourceType = SourceType.VSPHERE
+    type: Annotated[SourceType, Field(strict=False)] = SourceType.VSPHERE  # a TOML string names the enum
     url: str = Field(min_length=1)
     user: str = Field(min_length=1)
     password_file: str | None = None
@@ -53,17 +54,32 @@ class SourceConfig(_Strict):
     ca_file: str | None = None
     thumbprint: str | None = None
     allow_cleartext: bool = False  # accept an http:// url (simulators on loopback), loudly
+    # Hyper-V only: where the host's files are on SMB ("C:\\VMs=vms"; default: drive X: on share X$), its port
+    smb_shares: list[str] = Field(default_factory=list)
+    smb_port: Annotated[int, Field(ge=1, le=65535)] = 445
 
     @model_validator(mode="after")
     def _no_accidental_cleartext(self) -> Self:
         """The rule of the command line's --allow-cleartext, checked when the file is loaded."""
         from vmkeep.hypervisors.tls import TlsPolicy, cleartext_problem
 
+        if self.type is SourceType.HYPERV:
+            return self._hyperv_address()
         scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else "https"
         policy = TlsPolicy(ca_file=self.ca_path, thumbprint=self.thumbprint, allow_cleartext=self.allow_cleartext)
         problem = cleartext_problem(policy, scheme, self.url, "vCenter")
         if problem:
             raise ValueError(problem.replace("--allow-cleartext", "allow_cleartext = true").replace("--", ""))
+        return self
+
+    def _hyperv_address(self) -> Self:
+        """Over http:// NTLM seals every WinRM message; TLS options are for https:// only (as --hyperv)."""
+        from vmkeep.hypervisors.hyperv.shares import ShareMap
+
+        https = self.url.lower().startswith("https://")
+        if not https and (self.ca_file or self.thumbprint):
+            raise ValueError("ca_file and thumbprint are for an https:// url; over http NTLM seals the traffic")
+        ShareMap.parse(self.smb_shares)  # ValueError names a malformed entry
         return self
 
     @model_validator(mode="after")

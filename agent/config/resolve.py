@@ -13,7 +13,7 @@ from vmkeep.repository.repo import Repository
 
 from .. import secrets
 from ..exceptions import ConfigError
-from .model import RepositoryConfig, SourceConfig
+from .model import RepositoryConfig, SourceConfig, SourceType
 
 if TYPE_CHECKING:
     from vmkeep.hypervisors.platforms import Endpoint, PlatformKind
@@ -31,7 +31,8 @@ def source_password(name: str, source: SourceConfig) -> str:
     if not stored:
         raise ConfigError(
             f"sources.{name}: the keyring holds no password for {source.user}@{source.url} "
-            f"(vmkeep store-password --vcenter {source.url} --user {source.user})"
+            f"(vmkeep store-password --{'hyperv' if source.type is SourceType.HYPERV else 'vcenter'} {source.url} "
+            f"--user {source.user})"
         )
     return stored
 
@@ -49,7 +50,14 @@ def source_endpoint(name: str, source: SourceConfig) -> Endpoint:
     from vmkeep.hypervisors.tls import TlsPolicy
 
     tls = TlsPolicy(ca_file=source.ca_path, thumbprint=source.thumbprint, allow_cleartext=source.allow_cleartext)
-    return Endpoint(source.url, source.user, source_password(name, source), tls)
+    endpoint = Endpoint(source.url, source.user, source_password(name, source), tls)
+    if source.type is SourceType.HYPERV:
+        from vmkeep.hypervisors.hyperv.platform import HypervEndpoint
+        from vmkeep.hypervisors.hyperv.shares import ShareMap
+
+        shares = ShareMap.parse(list(source.smb_shares))
+        return HypervEndpoint(endpoint.address, endpoint.user, endpoint.password, tls, source.smb_port, shares)
+    return endpoint
 
 
 def repository_passphrase(name: str, repo: RepositoryConfig) -> bytes | None:

@@ -52,6 +52,7 @@ from smbprotocol.exceptions import (
 from smbprotocol.header import NtStatus
 from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from ..base import Extent
 from .exceptions import (
     AccessDenied,
     AuthenticationFailed,
@@ -60,6 +61,7 @@ from .exceptions import (
     RemoteFileNotFound,
     ShareNotFound,
 )
+from .vhdxmap import allocated_extents
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,13 @@ class SmbShare:
         return f"\\\\{self.settings.server}\\{self.settings.share}\\{inner}"
 
     def connect(self) -> SmbShare:
+        """Log in to the share once; ConnectionFailed if the server cannot be reached."""
+        try:
+            return self._connect()
+        except _Transient as exc:
+            raise ConnectionFailed(str(exc)) from None
+
+    def _connect(self) -> SmbShare:
         with self._lock:
             if not self._connected:
                 s = self.settings
@@ -311,6 +320,12 @@ class VhdxReader:
                 return bytes(handle.vhdx.read(length))
 
         return self.share.retrying(once, f"reading {self.path}")
+
+    def allocated(self) -> list[Extent]:
+        """Extents of the virtual disk present in the file (its BAT, read in one request)."""
+        handle = self.share.retrying(self._handle, f"opening {self.path}")
+        with self.share.errors(self.path):
+            return allocated_extents(handle.vhdx)
 
     def close(self) -> None:
         with self._lock:

@@ -37,7 +37,7 @@ def test_bash_completes_commands_subcommands_and_options(script: Path) -> None:
     assert _complete(script, "re") == ["repair", "restore"]
     assert _complete(script, "key", "ex") == ["export"]
     assert _complete(script, "key", "export", "--pa") == ["--paper", "--passphrase-file"]
-    assert _complete(script, "restore", "--to") == ["--to-dir", "--to-host"]
+    assert _complete(script, "restore", "--to") == ["--to-dir", "--to-host", "--to-hyperv"]
     assert _complete(script, "-v", "backup", "--vm", "web01", "--fu") == ["--full", "--full-every"]
     assert _complete(script, "completion", "") == ["bash"]
     assert _complete(script, "--ver") == ["--verbose", "--version"]

@@ -1,0 +1,85 @@
+"""The vSphere verbs against the simulated Hyper-V host: vms, backup and restore --to-hyperv, as a real process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vmkeep.repository.repo import Repository
+
+from ..fixtures.hyperv import HypervAccount
+from ..fixtures.hyperv_backup import MiB, random_writes
+from ..fixtures.hyperv_lab import HypervLab
+from ..fixtures.repos import assert_one_line_error, backed_up, run_vmkeep
+
+VM = "web01"
+
+
+def _host_options(lab: HypervLab, account: HypervAccount, flag: str = "--hyperv") -> list[str]:
+    return [
+        flag,
+        lab.wsman.endpoint,
+        "--user",
+        account.qualified,
+        "--smb-share",
+        lab.share_option,
+        "--smb-port",
+        str(lab.samba.port),
+    ]
+
+
+def test_vms_backup_and_restore_through_the_cli(
+    hyperv_lab: HypervLab, hyperv_account: HypervAccount, repo_path: Path, tmp_path: Path
+) -> None:
+    host = hyperv_lab.host
+    host.create_vm(VM, (8 * MiB,), cpu=2, memory_mb=2048)
+    random_writes(host, VM, 8, seed=21)
+    env = {"VMKEEP_PASSWORD": hyperv_account.password}
+    options = _host_options(hyperv_lab, hyperv_account)
+
+    listed = run_vmkeep("vms", *options, "--json", env=env)
+    assert listed.code == 0, listed.err
+    [vm] = json.loads(listed.out)
+    assert (vm["name"], vm["tracking"], vm["generation"]) == (VM, "on", 2)
+
+    first = backed_up(run_vmkeep("backup", *options, "--vm", VM, "--repo", repo_path, "--json", env=env))
+    random_writes(host, VM, 2, seed=22)
+    second = backed_up(run_vmkeep("backup", *options, "--vm", VM, "--repo", repo_path, "--json", env=env))
+    assert (first["kind"], second["kind"]) == ("full", "incremental")
+
+    restored = run_vmkeep(
+        "restore",
+        "latest:" + VM,
+        "--repo",
+        repo_path,
+        *_host_options(hyperv_lab, hyperv_account, "--to-hyperv"),
+        "--name",
+        "web01-copy",
+        "--json",
+        env=env,
+    )
+    assert restored.code == 0, restored.err
+    doc = json.loads(restored.out)
+    assert doc["vm"] == "web01-copy" and doc["id"] == host.vms["web01-copy"].id
+    to_dir = run_vmkeep("restore", "latest:" + VM, "--repo", repo_path, "--to-dir", tmp_path / "out", env=env)
+    assert to_dir.code == 0, to_dir.err
+    with Repository.open(repo_path, None) as repo:
+        point = repo.find_point("latest:" + VM)
+    [image] = (tmp_path / "out").iterdir()
+    assert image.read_bytes() == host.guest_view("web01-copy")
+    assert point.source["type"] == "hyperv"
+
+
+def test_cli_errors_are_one_line(hyperv_lab: HypervLab, hyperv_account: HypervAccount, repo_path: Path) -> None:
+    hyperv_lab.host.create_vm(VM, (4 * MiB,))
+    options = _host_options(hyperv_lab, hyperv_account)
+    wrong = run_vmkeep("vms", *options, env={"VMKEEP_PASSWORD": "wrong"})
+    assert_one_line_error(wrong, "refused the user")
+    assert "wrong" not in wrong.err.replace("wrong user name", "")
+    env = {"VMKEEP_PASSWORD": hyperv_account.password}
+    missing = run_vmkeep("backup", *options, "--vm", "nope", "--repo", repo_path, env=env)
+    assert_one_line_error(missing, "no VM named 'nope'")
+    bad_share = run_vmkeep("vms", *options, "--smb-share", "nonsense", env=env)
+    assert_one_line_error(bad_share, "--smb-share takes PREFIX=SHARE")
+    tls_on_http = run_vmkeep("vms", *options, "--insecure", env=env)
+    assert_one_line_error(tls_on_http, "NTLM message encryption protects the traffic")
