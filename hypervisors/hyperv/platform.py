@@ -42,11 +42,20 @@ class HypervRestoreTarget(RestoreTarget):
 
 
 def winrm_url(address: str) -> tuple[str, str]:
-    """(WinRM URL, host name) of an address: a bare host means http://HOST:5985/wsman."""
-    url = address if "://" in address else f"http://{address}:5985/wsman"
+    """(WinRM URL, host name) of an address: HOST means http://HOST:5985/wsman, HOST:PORT that port."""
+    problem = f"{address}: not a Hyper-V host name or WinRM URL (HOST, HOST:PORT or http(s)://host[:port]/wsman)"
+    url = address if "://" in address else f"http://{address}"
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise SourceError(problem) from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise SourceError(f"{address}: not a Hyper-V host name or WinRM URL (http(s)://host[:port]/wsman)")
+        raise SourceError(problem)
+    if "://" not in address:
+        if parts.path or parts.query or parts.fragment:
+            raise SourceError(problem)
+        url = f"http://{parts.netloc}{'' if port else ':5985'}/wsman"
     return url, parts.hostname
 
 

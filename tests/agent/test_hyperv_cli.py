@@ -83,3 +83,14 @@ def test_cli_errors_are_one_line(hyperv_lab: HypervLab, hyperv_account: HypervAc
     assert_one_line_error(bad_share, "--smb-share takes PREFIX=SHARE")
     tls_on_http = run_vmkeep("vms", *options, "--insecure", env=env)
     assert_one_line_error(tls_on_http, "NTLM message encryption protects the traffic")
+
+
+def test_a_host_with_a_port_is_reached_there_and_a_bad_address_is_one_line() -> None:
+    # HOST:PORT once became 'http://HOST:PORT:5985/wsman' and an unexpected ValueError.
+    env = {"VMKEEP_PASSWORD": "not-used"}
+    unreachable = run_vmkeep("vms", "--hyperv", "127.0.0.1:1", "--user", "admin", env=env)
+    assert_one_line_error(unreachable, "127.0.0.1:1")
+    assert "unexpected" not in unreachable.err
+    bad = run_vmkeep("vms", "--hyperv", "hv1:port", "--user", "admin", env=env)
+    assert_one_line_error(bad, "not a Hyper-V host name or WinRM URL")
+    assert bad.code == 2
