@@ -50,9 +50,9 @@ from smbprotocol.exceptions import (
     SMBOSError,
 )
 from smbprotocol.header import NtStatus
-from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ..base import Extent
+from ..retry import retry_transient
 from .exceptions import (
     AccessDenied,
     AuthenticationFailed,
@@ -240,15 +240,10 @@ class SmbShare:
                     self.reconnect(generation)
                 raise
 
-        retrying = Retrying(
-            retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(max(1, s.attempts)),
-            wait=wait_exponential(multiplier=s.retry_wait, max=8),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        )
         try:
-            return retrying(attempt)
+            return retry_transient(
+                attempt, transient=_Transient, what=what, log=log, attempts=s.attempts, wait=s.retry_wait
+            )
         except _Transient as exc:
             raise ConnectionFailed(f"{what}: {exc}; gave up after {s.attempts} attempts") from None
 

@@ -35,13 +35,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_attempt, wait_exponential
 from winrm.exceptions import InvalidCredentialsError, WinRMError, WinRMTransportError, WSManFaultError
 from winrm.protocol import Protocol
 from winrm.transport import Transport
 
 from ..exceptions import SourceError, UntrustedCertificate
 from ..https import TrustedAdapter
+from ..retry import retry_transient
 from ..tls import ServerTrust, TlsPolicy, require_tls
 from .exceptions import AuthenticationFailed, CommandFailed, ConnectionFailed, HypervError
 
@@ -230,15 +230,15 @@ class WinrmClient:
                     ) from None
                 raise
 
-        retrying = Retrying(
-            retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(max(1, self.settings.attempts)),
-            wait=wait_exponential(multiplier=self.settings.retry_wait, max=8),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        )
         try:
-            stdout, stderr, exit_code = retrying(attempt)
+            stdout, stderr, exit_code = retry_transient(
+                attempt,
+                transient=_Transient,
+                what=f"WinRM {self.url}",
+                log=log,
+                attempts=self.settings.attempts,
+                wait=self.settings.retry_wait,
+            )
         except _Transient as exc:
             raise ConnectionFailed(
                 f"lost the connection to {self.url} ({exc}); gave up after {self.settings.attempts} attempts"

@@ -21,10 +21,10 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import requests
-from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_attempt, wait_exponential
 from urllib3.exceptions import HTTPError
 
 from ..https import trusted_session
+from ..retry import retry_transient
 from .connection import SESSION_COOKIE, VSphereConnection
 from .exceptions import TransportError, UnsupportedDisk
 
@@ -163,15 +163,8 @@ class HttpFlatTransport(DiskTransport):
         return TransportError(f"{file}: HTTP {resp.status_code} {resp.reason}")
 
     def _retrying(self, fn: Callable[[], Any], what: str) -> Any:
-        retrying = Retrying(
-            retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(ATTEMPTS),
-            wait=wait_exponential(multiplier=0.5, max=8),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        )
         try:
-            return retrying(fn)
+            return retry_transient(fn, transient=_Transient, what=what, log=log, attempts=ATTEMPTS)
         except _Transient as exc:
             raise TransportError(f"{what}: gave up after {ATTEMPTS} attempts: {exc}") from None
 
