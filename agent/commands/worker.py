@@ -28,7 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--hosts",
         action="append",
         metavar="HOST[,HOST...]",
-        help="serve the VMs of these hosts (their morefs, e.g. host-21, as `vmkeep vsphere list --json` shows); "
+        help="serve the VMs of these hosts (their morefs, e.g. host-21, as `vmkeep vms --json` shows in 'host'); "
         "repeatable",
     )
     p.add_argument(
