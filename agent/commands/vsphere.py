@@ -207,7 +207,8 @@ def cmd_vms(args: argparse.Namespace) -> int:
         ]
         for v in vms
     ]
-    print_table(["VM", "POWER", "CBT", "SNAPSHOTS", "DISKS"], rows)
+    tracking = "RCT" if args.platform == PlatformKind.HYPERV else "CBT"  # each platform's name for it
+    print_table(["VM", "POWER", tracking, "SNAPSHOTS", "DISKS"], rows)
     return EXIT_OK
 
 

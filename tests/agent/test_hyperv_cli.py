@@ -38,6 +38,8 @@ def test_vms_backup_and_restore_through_the_cli(
     options = _host_options(hyperv_lab, hyperv_account)
 
     listed = run_vmkeep("vms", *options, "--json", env=env)
+    table = run_vmkeep("vms", *options, env=env)
+    assert table.out.splitlines()[0].split()[:3] == ["VM", "POWER", "RCT"], table.out  # not vSphere's "CBT"
     assert listed.code == 0, listed.err
     [vm] = json.loads(listed.out)
     assert (vm["name"], vm["tracking"], vm["generation"]) == (VM, "on", 2)
