@@ -33,7 +33,21 @@ def make_app(settings: FleetSettings) -> Celery:
     app = Celery("vmkeep", set_as_current=False)
     app.conf.update(settings.celery_conf())
 
-    @app.task(name=BACKUP_TASK, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    # A Redis restarting under a task (its claim, its answer) is waited out, not a failed VM: the
+    # task runs again, and its claim finds the answer or the point an earlier run already made.
+    @app.task(  # type: ignore[untyped-decorator]
+        name=BACKUP_TASK,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        autoretry_for=(RedisConnectionError, RedisTimeoutError),
+        retry_backoff=1,
+        retry_backoff_max=8,
+        retry_jitter=False,
+        max_retries=8,
+    )
     def backup(payload: dict[str, Any]) -> dict[str, Any]:
         from .worker import execute_backup
 

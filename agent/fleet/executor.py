@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..daemon.logs import event
@@ -33,6 +33,7 @@ POLL = 0.5  # seconds between two looks at the pending answers
 STOP_GRACE = 120.0  # after a cancel, how long the workers have to stop and answer
 BATCH = 1000  # answers read per MGET
 ENDED = ("SUCCESS", "FAILURE", "REVOKED")
+MAX_RESENDS = 2  # a task Celery itself failed is handed out again at most this often
 
 
 @dataclass
@@ -42,6 +43,7 @@ class _Pending:
     task_id: str
     queue: str
     payload: dict[str, Any]
+    resends: int = 0  # times handed out again after Celery itself failed the task
 
 
 class CeleryExecutor(Executor):
@@ -151,6 +153,13 @@ class CeleryExecutor(Executor):
                         p = pending.pop(task_id)
                         if meta["status"] == "SUCCESS":
                             settle(p, result_from_json(meta["result"]))
+                        elif p.resends < MAX_RESENDS and not token.cancelled:
+                            # vmkeep answers every failure of its own; this is Celery's (a connection
+                            # lost while Redis restarted). The claim makes a second delivery safe: it
+                            # finds the answer or the point an earlier one made.
+                            again = self._again(p, run, f"Celery failed the task: {meta['result']!r}")
+                            pending[again.task_id] = again  # pending before sent: a failed send leaves it to
+                            self._send(again)  # _resend_lost once Redis is back
                         else:
                             settle(p, failed(p.task, f"the worker's task failed: {meta['result']!r}"))
                     if down_since is not None:
@@ -197,8 +206,25 @@ class CeleryExecutor(Executor):
         except Exception as exc:
             event(logging.WARNING, "cancel-not-sent", _describe(exc), run=run)
 
+    @staticmethod
+    def _again(p: _Pending, run: str, why: str) -> _Pending:
+        """``p`` to hand out again under a new task id (the old id keeps Celery's failure)."""
+        again = replace(p, task_id=f"{p.task_id}-r{p.resends + 1}", resends=p.resends + 1)
+        again.payload["resent"] = True  # the worker looks for a point of an earlier delivery first
+        event(logging.WARNING, "task-resent", why, job=p.task.job, vm=p.task.vm, queue=p.queue, run=run)
+        return again
+
     def _resend_lost(self, client: Any, run: str, pending: dict[str, _Pending], token: CancelToken) -> None:
-        """After Redis came back empty: send again each task no worker holds or answered."""
+        """After Redis came back empty: send again each task no worker holds or answered.
+
+        Kombu keeps a queue's binding to its exchange in Redis, and its producer remembers what it
+        declared: after an empty restart a message sent before some worker re-declared that queue
+        would be routed nowhere and dropped. So every queue is declared again first.
+        """
+        with self.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in sorted({p.queue for p in pending.values()}):
+                self.app.amqp.queues[name].bind(channel).declare()
         for p in pending.values():
             claim = TaskClaim(client, run, p.task.vm, "agent", self.settings.claim_ttl)
             if claim.holder() is None and claim.done() is None and not token.cancelled:

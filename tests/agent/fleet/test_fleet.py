@@ -117,7 +117,7 @@ def test_three_workers_back_up_twelve_vms_once_each_within_the_host_limit(fleet:
 
     doc = fleet.run_job()
 
-    assert doc["status"] == "succeeded", doc
+    assert doc["status"] == "succeeded", json.dumps(doc, indent=1, default=str)[:6000]
     assert_every_vm_once_and_restorable(fleet, doc)
     record = fleet.vc.api.snapshots()
     assert all(most <= PER_HOST for _, most in record.values()), record
@@ -175,7 +175,7 @@ def test_a_worker_killed_mid_backup_is_replaced_and_no_point_doubles(fleet: Flee
     assert not runner.is_alive()
 
     doc = outcome["doc"]
-    assert doc["status"] == "succeeded", doc
+    assert doc["status"] == "succeeded", json.dumps(doc, indent=1, default=str)[:6000]
     assert_every_vm_once_and_restorable(fleet, doc)
     others = [w for w in workers if w is not victim]
     assert any(w.events("task-retried", vm=victim_vm) for w in others), "the task was not retried elsewhere"
@@ -227,7 +227,7 @@ def test_redis_restarting_empty_mid_run_loses_no_result_and_doubles_no_point(fle
     assert not runner.is_alive()
 
     doc = outcome["doc"]
-    assert doc["status"] == "succeeded", doc
+    assert doc["status"] == "succeeded", json.dumps(doc, indent=1, default=str)[:6000]
     assert_every_vm_once_and_restorable(fleet, doc)
     rows = history(fleet.config)
     assert sorted(r["vm"] for r in rows) == sorted(fleet.hosts)
