@@ -106,3 +106,14 @@ def open_repository(args: argparse.Namespace) -> Repository:
         if args.passphrase_file is None and sys.stdin.isatty():
             return Repository.open(path, secrets.passphrase(None, required=True), lock=lock)
         raise
+
+
+def parse_network_map(items: list[str]) -> dict[str, str]:
+    """The --network OLD=NEW options of a restore to a host, as a mapping."""
+    mapping = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise ConfigError(f"--network takes OLD=NEW, not {item!r}")
+        mapping[old] = new
+    return mapping

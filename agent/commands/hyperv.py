@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from vmkeep.hypervisors.platforms import Endpoint, PlatformKind
 
 from ..exceptions import ConfigError
+from .common import parse_network_map
 
 if TYPE_CHECKING:
     from vmkeep.hypervisors.platforms import RestoreTarget
@@ -74,12 +75,7 @@ def restore_target(args: argparse.Namespace, point: RecoveryPoint) -> RestoreTar
     from vmkeep.hypervisors.hyperv.platform import HypervRestoreTarget
     from vmkeep.hypervisors.hyperv.restore import HypervRestoreSpec
 
-    network_map = {}
-    for item in args.network:
-        old, sep, new = item.partition("=")
-        if not sep or not old or not new:
-            raise ConfigError(f"--network takes OLD=NEW, not {item!r}")
-        network_map[old] = new
+    network_map = parse_network_map(args.network)
     spec = HypervRestoreSpec(folder=args.hyperv_folder, network_map=network_map, staging=args.staging_dir)
     return HypervRestoreTarget(
         name=args.name or f"{point.vm}-restored", power_on=args.power_on, verify=not args.no_verify, spec=spec

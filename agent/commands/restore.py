@@ -16,7 +16,7 @@ from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from ..terminal import TerminalProgress
 from . import hyperv
-from .common import EXIT_OK, json_option, no_lock_option, open_repository, repo_options
+from .common import EXIT_OK, json_option, no_lock_option, open_repository, parse_network_map, repo_options
 from .vsphere import endpoint_from, host_options, tls_options
 
 # The options that name the host to restore to, one per platform (as HOST_OPTIONS of backup).
@@ -90,12 +90,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def _vsphere_target(args: argparse.Namespace, point: RecoveryPoint) -> RestoreTarget:
     from vmkeep.hypervisors.vsphere.restore import VsphereRestoreTarget
 
-    network_map = {}
-    for item in args.network:
-        old, sep, new = item.partition("=")
-        if not sep or not old or not new:
-            raise ConfigError(f"--network takes OLD=NEW, not {item!r}")
-        network_map[old] = new
+    network_map = parse_network_map(args.network)
     return VsphereRestoreTarget(
         name=args.name or f"{point.vm}-restored",
         datastore=args.datastore,
