@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -66,13 +67,14 @@ class KdfParams:
     lanes: int = 4
 
     def derive(self, passphrase: bytes) -> bytes:
-        return Argon2id(
-            salt=self.salt,
-            length=FORMAT.KEY_SIZE,
-            iterations=self.iterations,
-            lanes=self.lanes,
-            memory_cost=self.memory_kib,
-        ).derive(passphrase)
+        with _argon2_lock:  # one derivation at a time in a process: see _argon2_lock
+            return Argon2id(
+                salt=self.salt,
+                length=FORMAT.KEY_SIZE,
+                iterations=self.iterations,
+                lanes=self.lanes,
+                memory_cost=self.memory_kib,
+            ).derive(passphrase)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +99,13 @@ class KdfParams:
         if params.memory_kib < 8 * params.lanes:
             raise ValueError("memory_kib is under 8 per lane")
         return params
+
+
+# Two Argon2id derivations running at once in one process never return (seen with cryptography
+# 50.0.2 and its OpenSSL 4.0.3: both threads wait forever inside derive()), and each one wants
+# 64 MiB and a core anyway. So derivations take turns, whoever starts them: the daemon opening two
+# repositories, or a fleet worker's threads.
+_argon2_lock = threading.Lock()
 
 
 @dataclass(frozen=True)

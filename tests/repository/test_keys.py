@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +216,30 @@ def test_every_flipped_bit_in_keys_is_found_as_damage(encrypted_repo: Path) -> N
             (encrypted_repo / KEYS_FILE).write_bytes(damaged)
             with pytest.raises(CorruptRepository, match=r"^keys: "):
                 Repository.open(encrypted_repo, PASSPHRASE)
+
+
+def test_repositories_opened_on_several_threads_at_once_all_open(tmp_path: Path) -> None:
+    """Two Argon2id derivations at once hung forever (cryptography 50 / OpenSSL 4): they take turns now.
+
+    What could run them at once in vmkeep: the daemon and a fleet worker opening repositories for
+    parallel jobs (today their pool's lock keeps them apart, by luck more than design).
+    The threads are daemons, so that a regression fails here instead of hanging the test run.
+    """
+    paths = []
+    for n in range(3):
+        path = tmp_path / f"repo{n}"
+        Repository.init(path, small_config(encrypted=True), PASSPHRASE).close()
+        paths.append(path)
+    opened: list[str] = []
+
+    def open_one(path: Path) -> None:
+        with Repository.open(path, PASSPHRASE) as repo:
+            opened.append(repo.config.repo_id)
+
+    threads = [threading.Thread(target=open_one, args=(p,), daemon=True) for p in paths]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30  # about 0.5 s when they take turns
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert len(opened) == 3
