@@ -13,7 +13,7 @@ from typing import Any
 
 from vmkeep.repository.exceptions import CorruptRepository
 
-from .commands.common import EXIT_FAILURE, exit_code
+from .commands.common import EXIT_FAILURE, exit_code, start_unlocking
 from .engine import cancel
 from .engine.exceptions import Interrupted
 from .exceptions import PromptCancelled
@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
+    start_unlocking(args)  # Argon2id runs on a thread while the command imports what it needs
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(message)s", stream=sys.stderr)
     cancel.reset()

@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .exceptions import CorruptRepository
-from .format import FORMAT
-from .keys import Encryption
+from .format import FORMAT, Encryption
 from .validate import hex_id, json_document, typed
 
 CONFIG_FILE = "config"

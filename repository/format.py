@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntEnum, IntFlag
+from enum import IntEnum, IntFlag, StrEnum
 
 from .exceptions import CorruptRepository
 
@@ -27,6 +27,13 @@ class FrameFlags(IntFlag):
     NONE = 0
     ZSTD = 1  # payload (before encryption) is a zstd frame
     AES_GCM = 2  # payload is nonce(12) || AES-256-GCM ciphertext || tag(16)
+
+
+class Encryption(StrEnum):
+    """How a repository's frames and sealed files are protected (``encryption`` of config and keys)."""
+
+    NONE = "none"
+    AES_256_GCM = "aes-256-gcm"
 
 
 class SealedKind(IntEnum):

@@ -24,8 +24,9 @@ import json
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from .backend import Backend
 from .exceptions import CorruptRepository, PassphraseRequired, RepositoryError, WrongPassphrase
-from .format import FORMAT
+from .format import FORMAT, Encryption
 from .validate import hex_id, json_document, json_object, obj, typed
 
 KEYS_FILE = "keys"
@@ -45,11 +46,6 @@ _SALT_SIZE = 16
 _REWRITE = "'vmkeep key export --file F' then 'vmkeep key import F'"
 
 log = logging.getLogger(__name__)
-
-
-class Encryption(StrEnum):
-    NONE = "none"
-    AES_256_GCM = "aes-256-gcm"
 
 
 # The names older code imported.
@@ -67,6 +63,17 @@ class KdfParams:
     lanes: int = 4
 
     def derive(self, passphrase: bytes) -> bytes:
+        """The wrapping key: taken from a derivation ``start_deriving`` began, else computed now."""
+        with _started_lock:
+            started = _started.pop((self, passphrase), None)
+        if started is not None:
+            try:
+                return started.result()
+            except Exception:  # computed again below, where the error is raised as usual
+                log.debug("the early key derivation failed; deriving again")
+        return self._compute(passphrase)
+
+    def _compute(self, passphrase: bytes) -> bytes:
         with _argon2_lock:  # one derivation at a time in a process: see _argon2_lock
             return Argon2id(
                 salt=self.salt,
@@ -104,8 +111,43 @@ class KdfParams:
 # Two Argon2id derivations running at once in one process never return (seen with cryptography
 # 50.0.2 and its OpenSSL 4.0.3: both threads wait forever inside derive()), and each one wants
 # 64 MiB and a core anyway. So derivations take turns, whoever starts them: the daemon opening two
-# repositories, or a fleet worker's threads.
+# repositories, a fleet worker's threads, or a command and its early derivation (start_deriving).
 _argon2_lock = threading.Lock()
+
+# Derivations begun early (start_deriving), each taken once by KdfParams.derive: a process-local
+# hand-over, not a cache; nothing derived is kept once it was used.
+_started: dict[tuple[KdfParams, bytes], Future[bytes]] = {}
+_started_lock = threading.Lock()
+
+
+def start_deriving(repository: Path, passphrase: bytes) -> None:
+    """Begin deriving the wrapping key of the repository at ``repository`` on a thread, and return.
+
+    Argon2id takes 0.1-0.3 s of a command's start-up, and it releases the GIL: a command that
+    starts it as soon as its arguments are parsed loads its modules meanwhile. Best effort: an
+    unreadable, damaged or unencrypted ``keys`` file starts nothing, and opening the repository
+    reads and checks the file as always; a wrong passphrase fails there as always.
+    """
+    try:
+        document = KeysDocument.parse((repository / KEYS_FILE).read_bytes(), KEYS_FILE)
+    except (OSError, RepositoryError):
+        return
+    kdf = document.kdf
+    if kdf is None or not passphrase:
+        return
+    future: Future[bytes] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(kdf._compute(passphrase))
+        except Exception as exc:  # handed over to derive(), which computes again
+            future.set_exception(exc)
+
+    with _started_lock:
+        if (kdf, passphrase) in _started:
+            return
+        _started[(kdf, passphrase)] = future
+    threading.Thread(target=run, name="vmkeep-kdf", daemon=True).start()
 
 
 @dataclass(frozen=True)

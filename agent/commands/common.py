@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmkeep.hypervisors.exceptions import SourceError
 from vmkeep.hypervisors.image.exceptions import HintsError
@@ -18,11 +19,13 @@ from vmkeep.repository.exceptions import (
     RepositoryExists,
     WrongPassphrase,
 )
-from vmkeep.repository.repo import Repository
 
 from .. import secrets
 from ..engine.exceptions import EngineError, Interrupted
 from ..exceptions import AgentError, ConfigError, PromptCancelled
+
+if TYPE_CHECKING:
+    from vmkeep.repository.repo import Repository
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -96,8 +99,30 @@ def repo_path(args: argparse.Namespace) -> Path:
     return Path(value)
 
 
+def start_unlocking(args: argparse.Namespace) -> None:
+    """For a command on a repository: begin deriving its key now, while the command loads its modules.
+
+    Only with a passphrase given without a prompt (``--passphrase-file``, ``$VMKEEP_PASSPHRASE``),
+    and silently not at all when anything is amiss: the command then meets the problem where it
+    always did, in ``open_repository``, and reports it there.
+    """
+    if not hasattr(args, "passphrase_file"):
+        return
+    try:
+        path = repo_path(args)
+        passphrase = secrets.passphrase(args.passphrase_file)
+    except (ConfigError, OSError):
+        return
+    if passphrase:
+        from vmkeep.repository.keys import start_deriving
+
+        start_deriving(path, passphrase)
+
+
 def open_repository(args: argparse.Namespace) -> Repository:
     """The repository of ``--repo``, unlocked for ``--no-lock``; prompts for a passphrase on a terminal."""
+    from vmkeep.repository.repo import Repository
+
     path = repo_path(args)
     lock = not getattr(args, "no_lock", False)
     try:

@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmkeep.repository.config import DEFAULT_BLOCK_SIZE, DEFAULT_COMPRESSION_LEVEL, DEFAULT_PACK_SIZE, RepoConfig
-from vmkeep.repository.packs import PACK_DIR
 from vmkeep.repository.points import RecoveryPoint, format_time
-from vmkeep.repository.repo import Repository
 
 from .. import secrets
 from ..exceptions import ConfigError
@@ -24,6 +22,10 @@ from .common import EXIT_DAMAGED, EXIT_OK, json_option, no_lock_option, open_rep
 
 if TYPE_CHECKING:
     from vmkeep.repository.gc import MaxUnused
+    from vmkeep.repository.repo import Repository
+
+# The storage modules (codec, packs, index, repo) are imported by the commands that run, not when
+# the options are parsed: the passphrase's key is derived meanwhile (cli.main, start_unlocking).
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -188,6 +190,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from vmkeep.repository.repo import Repository
+
     path = repo_path(args)
     if args.passphrase_file is not None and not args.encrypt:
         raise ConfigError("--passphrase-file without --encrypt would create an unencrypted repository: add --encrypt")
@@ -475,6 +479,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from vmkeep.repository.packs import PACK_DIR
     from vmkeep.repository.verify import verify
 
     if args.against_source is not None:
@@ -523,6 +528,7 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
+    from vmkeep.repository.packs import PACK_DIR
     from vmkeep.repository.repair import repair
 
     with open_repository(args) as repo:

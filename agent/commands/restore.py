@@ -6,18 +6,19 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmkeep.hypervisors.exceptions import SourceError
 from vmkeep.hypervisors.platforms import PlatformKind, RestoreTarget, platform_class, platform_kind, platform_vm
-from vmkeep.repository.points import RecoveryPoint
 
-from ..engine.restore import disk_images, restore_point_to_dir
 from ..exceptions import ConfigError
 from ..output import human_size, print_json
-from ..terminal import TerminalProgress
 from . import hyperv
 from .common import EXIT_OK, json_option, no_lock_option, open_repository, parse_network_map, repo_options
 from .vsphere import endpoint_from, host_options, tls_options
+
+if TYPE_CHECKING:
+    from vmkeep.repository.points import RecoveryPoint
 
 # The options that name the host to restore to, one per platform (as HOST_OPTIONS of backup).
 RESTORE_HOST_OPTIONS: list[tuple[str, PlatformKind, str, str]] = [
@@ -74,6 +75,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise ConfigError("say where to restore: --to-dir DIR, or --to-host URL with --datastore DS")
     if args.server is not None:
         return restore_to_host(args)
+    # Imported now, not when the options were parsed: the passphrase's key is being derived meanwhile.
+    from ..engine.restore import restore_point_to_dir
+    from ..terminal import TerminalProgress
+
     with open_repository(args) as repo, repo.read_lock("restore"):
         point = repo.find_point(args.point)
         progress = TerminalProgress(quiet=args.quiet)
@@ -119,6 +124,9 @@ def restore_to_host(args: argparse.Namespace) -> int:
     missing = [option for option in needed if not getattr(args, option.lstrip("-").replace("-", "_"))]
     if missing:
         raise ConfigError(f"{args.host_option} needs {' and '.join(missing)}")
+    from ..engine.restore import disk_images
+    from ..terminal import TerminalProgress
+
     workers = max(1, args.workers)
     endpoint = endpoint_from(args, kind)  # a refused URL or TLS option fails before the repository is opened
     with open_repository(args) as repo, repo.read_lock("restore"):

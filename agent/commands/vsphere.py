@@ -18,11 +18,10 @@ from vmkeep.hypervisors.exceptions import NeedsAttention, SourceError
 from vmkeep.hypervisors.platforms import Endpoint, Platform, PlatformKind, platform_class
 
 from .. import secrets
-from ..engine.jobs import BackupTask, RetryPolicy
 from ..exceptions import ConfigError
 from ..output import human_size, print_json, print_table
 from . import hyperv
-from .backup import CliResources, backup_options, options_from, print_results, report, run_cli_tasks, session_opener
+from .backup import backup_options
 from .common import EXIT_FAILURE, EXIT_OK, json_option, open_repository, repo_options
 
 log = logging.getLogger(__name__)
@@ -213,6 +212,9 @@ def cmd_vms(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    from ..engine.jobs import BackupTask, RetryPolicy
+    from .tasks import CliResources, options_from, print_results, report, run_cli_tasks, session_opener
+
     if args.retries < 0 or args.retry_delay < 0:
         raise ConfigError("--retries and --retry-delay cannot be negative")
     vms = list(dict.fromkeys(args.vm))  # each VM once, in the order given

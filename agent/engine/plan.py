@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vmkeep.hypervisors.base import BackupSession, Changes, DiskInfo, Extent, FullRead, merge_extents
 from vmkeep.repository.exceptions import CorruptRepository
 from vmkeep.repository.points import MODE_FULL, MODE_INCREMENTAL, DiskRecord, ReadMode, RecoveryPoint
-from vmkeep.repository.repo import Repository
 from vmkeep.repository.tree import walk_nodes
+
+if TYPE_CHECKING:
+    from vmkeep.repository.repo import Repository
 
 
 @dataclass

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from vmkeep.hypervisors.base import BackupSession
 from vmkeep.repository.format import FORMAT
-from vmkeep.repository.points import DiskRecord
-from vmkeep.repository.repo import Repository
 from vmkeep.repository.tree import leaf_refs
 
 from .pipeline import ordered_map
 from .plan import DiskPlan, complement
 from .zeros import is_zero
+
+if TYPE_CHECKING:
+    from vmkeep.hypervisors.base import BackupSession
+    from vmkeep.repository.points import DiskRecord
+    from vmkeep.repository.repo import Repository
 
 WINDOW = 64 * 1024  # bytes compared per sampled block (the whole block if blocks are smaller)
 DEFAULT_WINDOWS = 16  # per disk: 1 MiB of source reads whatever the disk's size

@@ -48,6 +48,36 @@ def test_an_image_backup_and_a_restore_import_no_hypervisor_or_job_file_library(
     assert _heavy(_loaded("restore", "latest", "--repo", repo, "--to-dir", tmp_path / "out", "--quiet")) == set()
 
 
+# What a command on a repository needs only once its arguments are parsed: loading it meanwhile is
+# what the passphrase's key derivation, started right after parsing, overlaps with (cli.main).
+STORAGE = (
+    "vmkeep.repository.repo",
+    "vmkeep.repository.codec",
+    "vmkeep.agent.engine.jobs",
+    "vmkeep.agent.engine.restore",
+)
+STORAGE += ("zstandard", "blake3", "cryptography")
+
+PARSE_PROBE = """
+import json, sys
+from vmkeep.agent import cli
+cli.build_parser(cli.command_of(sys.argv[1:])).parse_args(sys.argv[1:])
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_parsing_a_repository_command_loads_no_storage_module(tmp_path: Path) -> None:
+    for argv in (
+        ["backup-image", "web01.img", "--repo", "r", "--hints", "h.json"],
+        ["restore", "latest", "--repo", "r", "--to-dir", "out"],
+        ["points", "--repo", "r"],
+        ["verify", "--repo", "r"],
+    ):
+        proc = subprocess.run([sys.executable, "-c", PARSE_PROBE, *argv], capture_output=True, text=True, check=True)
+        loaded = set(json.loads(proc.stdout))
+        assert {m for m in loaded for name in STORAGE if m == name or m.startswith(name + ".")} == set(), argv[0]
+
+
 def test_the_command_table_names_what_each_module_registers() -> None:
     """cli.COMMAND_MODULES decides which module a command imports; it must match the modules."""
     for module, commands in COMMAND_MODULES.items():

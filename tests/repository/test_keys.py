@@ -15,6 +15,7 @@ import pytest
 
 from tests.fixtures.keys import flip_byte_in, resign, write_version_1
 from tests.fixtures.repos import small_config
+from vmkeep.repository import keys as keys_module
 from vmkeep.repository.exceptions import CorruptRepository, PassphraseRequired, WrongPassphrase
 from vmkeep.repository.keys import KEYS_COPY_FILE, KEYS_FILE, KeysDocument
 from vmkeep.repository.repo import Repository
@@ -218,11 +219,49 @@ def test_every_flipped_bit_in_keys_is_found_as_damage(encrypted_repo: Path) -> N
                 Repository.open(encrypted_repo, PASSPHRASE)
 
 
+def test_a_derivation_started_early_is_handed_to_open_once(encrypted_repo: Path) -> None:
+    """start_deriving (what the CLI calls once its arguments are parsed) hands its key to the next open."""
+    keys_module.start_deriving(encrypted_repo, PASSPHRASE)
+    assert len(keys_module._started) == 1
+    with Repository.open(encrypted_repo, PASSPHRASE) as repo:
+        assert repo.config.encryption == "aes-256-gcm"
+    assert keys_module._started == {}  # taken, not kept: the next open derives afresh
+    Repository.open(encrypted_repo, PASSPHRASE).close()
+
+
+def test_an_early_derivation_changes_nothing_about_a_wrong_passphrase(encrypted_repo: Path) -> None:
+    keys_module.start_deriving(encrypted_repo, b"wrong")
+    with pytest.raises(WrongPassphrase):
+        Repository.open(encrypted_repo, b"wrong")
+    keys_module.start_deriving(encrypted_repo, b"wrong")  # derived for one passphrase, opened with another
+    Repository.open(encrypted_repo, PASSPHRASE).close()
+    keys_module._started.clear()
+    keys_module.start_deriving(encrypted_repo, PASSPHRASE)
+    with pytest.raises(WrongPassphrase):
+        Repository.open(encrypted_repo, b"wrong")
+    keys_module._started.clear()
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "unencrypted"])
+def test_nothing_is_started_for_keys_that_cannot_be_derived(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "repo"
+    Repository.init(
+        path, small_config(encrypted=damage != "unencrypted"), PASSPHRASE if damage != "unencrypted" else None
+    ).close()
+    if damage == "missing":
+        (path / KEYS_FILE).unlink()
+    elif damage == "garbage":
+        (path / KEYS_FILE).write_bytes(b"not json")
+    keys_module.start_deriving(path, PASSPHRASE)  # never raises: opening reports the problem
+    keys_module.start_deriving(tmp_path / "nowhere", PASSPHRASE)
+    assert keys_module._started == {}
+
+
 def test_repositories_opened_on_several_threads_at_once_all_open(tmp_path: Path) -> None:
     """Two Argon2id derivations at once hung forever (cryptography 50 / OpenSSL 4): they take turns now.
 
-    What could run them at once in vmkeep: the daemon and a fleet worker opening repositories for
-    parallel jobs (today their pool's lock keeps them apart, by luck more than design).
+    What runs them at once in vmkeep: a command's early derivation and the open of another
+    repository or keys copy, the daemon and a fleet worker opening repositories for parallel jobs.
     The threads are daemons, so that a regression fails here instead of hanging the test run.
     """
     paths = []
