@@ -7,6 +7,7 @@ backup, and the points themselves record what each backup read and why). The age
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -47,10 +48,12 @@ CREATE TABLE IF NOT EXISTS vm_runs (
     read_bytes INTEGER NOT NULL,
     stored_bytes INTEGER NOT NULL,
     new_bytes INTEGER NOT NULL,
-    error TEXT
+    error TEXT,
+    warnings TEXT  -- a JSON array of the result's warnings; NULL when there were none
 );
 CREATE INDEX IF NOT EXISTS vm_runs_vm ON vm_runs (vm, started);
 """
+SCHEMA_VERSION = 1  # PRAGMA user_version; version 0, the first, had no vm_runs.warnings
 
 
 class Trigger(StrEnum):
@@ -111,6 +114,17 @@ class History:
         with self._guard:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a database an older vmkeep made up to SCHEMA_VERSION (it was made by CREATE ... IF NOT EXISTS)."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version >= SCHEMA_VERSION:
+            return
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(vm_runs)")}
+        if "warnings" not in columns:
+            self._db.execute("ALTER TABLE vm_runs ADD COLUMN warnings TEXT")
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @classmethod
     def open_existing(cls, state_dir: Path) -> History | None:
@@ -141,7 +155,7 @@ class History:
         with self._guard:
             self._db.execute(
                 "INSERT INTO vm_runs (run_id, job, vm, status, started, ended, duration, attempts, point_id, kind, "
-                "reason, read_bytes, stored_bytes, new_bytes, error) VALUES (" + ", ".join("?" * 15) + ")",
+                "reason, read_bytes, stored_bytes, new_bytes, error, warnings) VALUES (" + ", ".join("?" * 16) + ")",
                 (
                     run_id,
                     result.job,
@@ -158,6 +172,7 @@ class History:
                     result.stored_bytes,
                     result.new_bytes,
                     result.error,
+                    json.dumps(result.warnings) if result.warnings else None,
                 ),
             )
 
@@ -223,7 +238,7 @@ class History:
             "COALESCE(v.ended, r.ended) AS ended, COALESCE(v.duration, 0) AS duration, "
             "COALESCE(v.attempts, 0) AS attempts, v.point_id AS point_id, v.kind AS kind, v.reason AS reason, "
             "COALESCE(v.read_bytes, 0) AS read_bytes, COALESCE(v.stored_bytes, 0) AS stored_bytes, "
-            "COALESCE(v.new_bytes, 0) AS new_bytes, COALESCE(v.error, r.error) AS error "
+            "COALESCE(v.new_bytes, 0) AS new_bytes, COALESCE(v.error, r.error) AS error, v.warnings AS warnings "
             "FROM runs r LEFT JOIN vm_runs v ON v.run_id = r.id WHERE (v.id IS NOT NULL OR r.status != 'running')"
         )
         params: list[str] = []
@@ -238,7 +253,7 @@ class History:
             )
         with self._guard:
             rows = self._db.execute(query + " ORDER BY r.id, v.id", params).fetchall()
-        return [dict(r) for r in rows]
+        return [_with_warnings(dict(r)) for r in rows]
 
     def last_vm_results(self) -> dict[str, dict[str, Any]]:
         """The newest record of each VM."""
@@ -246,4 +261,10 @@ class History:
             rows = self._db.execute(
                 "SELECT * FROM vm_runs WHERE id IN (SELECT MAX(id) FROM vm_runs GROUP BY vm)"
             ).fetchall()
-        return {r["vm"]: dict(r) for r in rows}
+        return {r["vm"]: _with_warnings(dict(r)) for r in rows}
+
+
+def _with_warnings(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with ``warnings`` as a list (stored as JSON, NULL for none)."""
+    row["warnings"] = json.loads(row["warnings"]) if row.get("warnings") else []
+    return row

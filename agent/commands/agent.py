@@ -221,6 +221,15 @@ def parse_since(text: str) -> datetime:
     return moment if moment.tzinfo else moment.astimezone()
 
 
+def _remark(row: dict[str, Any]) -> str:
+    """The history's last column: the error, else the point's warnings, else why it read in full."""
+    if row["error"]:
+        return str(row["error"])
+    if row["warnings"]:
+        return "warning: " + "; ".join(row["warnings"])
+    return str(row["reason"] or "")
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     cfg = loaded(args)
     since = parse_since(args.since) if args.since else None
@@ -233,7 +242,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         print("no history" + ("" if history else f" yet ({cfg.state_dir} holds none)"))
         return EXIT_OK
     print_table(
-        ["STARTED", "JOB", "VM", "RESULT", "KIND", "READ", "STORED", "TIME", "POINT", "ERROR / REASON"],
+        ["STARTED", "JOB", "VM", "RESULT", "KIND", "READ", "STORED", "TIME", "POINT", "ERROR / WARNING / REASON"],
         [
             [
                 r["started"][:19].replace("T", " "),
@@ -245,7 +254,7 @@ def cmd_history(args: argparse.Namespace) -> int:
                 human_size(r["stored_bytes"]),
                 human_duration(r["duration"]),
                 (r["point_id"] or "-")[:12],
-                r["error"] or r["reason"] or "",
+                _remark(r),
             ]
             for r in rows
         ],
