@@ -64,6 +64,8 @@ class JsonFormatter(logging.Formatter):
         }
         doc.update(_fields(record))
         doc["message"] = record.getMessage()
+        if record.exc_info:
+            doc["traceback"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
 
 

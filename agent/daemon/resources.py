@@ -81,3 +81,8 @@ class AgentResources(Resources):
 
     def slot(self, task: BackupTask, token: CancelToken) -> AbstractContextManager[object]:
         return self.limits.slot(task, token)
+
+    def report_running(self, job: str, vm: str, running: bool) -> None:
+        """A VM's backup runs elsewhere (a worker of the fleet) and began or ended: as a session here would."""
+        if self._on_session is not None:
+            self._on_session(job, vm, running)

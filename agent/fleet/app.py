@@ -47,13 +47,14 @@ def make_app(settings: FleetSettings) -> Celery:
         retry_backoff_max=8,
         retry_jitter=False,
         max_retries=8,
+        bind=True,
     )
-    def backup(payload: dict[str, Any]) -> dict[str, Any]:
+    def backup(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         from .worker import execute_backup
 
         if WORKER is None:
             raise RuntimeError("vmkeep.backup runs in `vmkeep worker` only")
-        return execute_backup(WORKER, payload)
+        return execute_backup(WORKER, payload, retried=bool(self.request.retries))
 
     @app.task(name=VERIFY_TASK)  # type: ignore[untyped-decorator]
     def verify(payload: dict[str, Any]) -> dict[str, Any]:

@@ -15,10 +15,18 @@ task's cancel token), since another worker may take over once the lease lapses: 
 never both commit. And because Redis may have lost everything (restarted without persistence)
 between a commit and the ``done`` record, a worker that takes over first looks in the repository
 for a point made under this key (``source.fleet_task``) and returns that point instead.
+
+A Redis that lost its records also lost the claims of running tasks: a second delivery could take
+one while its first worker still runs it. So each run has a mark, set by the agent at its start
+(:class:`RunMark`). A worker claims a task only while the mark exists and is due; when the agent
+finds it gone, it sets it to one lease from now. The worker that still runs the task refreshes its
+claim (taking it again) within a quarter of the lease, or stops its backup at half of it; only
+then may another delivery claim the task.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import threading
@@ -49,6 +57,34 @@ end
 return 0
 """
 
+# KEYS[1] claim, KEYS[2] the run's mark; ARGV: owner, ttl ms. 1: the claim is ours now; 0: another
+# worker holds it; -1: Redis lost the run's records (its mark is gone, or the agent noticed the loss a
+# moment ago and set the mark to when claims are safe again): wait, so a worker still running this
+# task has a whole lease to claim it again first.
+_CLAIM = """
+local mark = redis.call('GET', KEYS[2])
+if not mark then
+  return -1
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now < tonumber(mark) then
+  return -1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] the run's mark; ARGV: the lease in ms. Claims may be taken again a lease from now.
+_MARK_LOSS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], now + tonumber(ARGV[1]), 'EX', ARGV[2])
+return now
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -65,6 +101,43 @@ def cancel_key(run: str) -> str:
     return f"{KEY_PREFIX}cancel:{run}"
 
 
+def done_key(run: str, vm: str) -> str:
+    """Where a worker keeps the answer of a VM's task (read by later deliveries and by the agent)."""
+    return f"{KEY_PREFIX}task:{task_key(run, vm)}:done"
+
+
+def run_mark_key(run: str) -> str:
+    """Set by the agent when it starts the run; gone means Redis lost the run's records."""
+    return f"{KEY_PREFIX}run:{run}"
+
+
+class Claim(enum.Enum):
+    TAKEN = 1  # ours now
+    HELD = 0  # another worker holds it
+    NOT_YET = -1  # Redis lost the run's records a moment ago: holders claim their tasks again first
+
+
+class RunMark:
+    """The run's mark in Redis, kept by the agent: it exists from the start of the run, and after a loss
+    of Redis' records it says from when (Redis' clock) a claim may be taken again."""
+
+    def __init__(self, client: redis.Redis, run: str, lease: float) -> None:
+        self.client = client
+        self.key = run_mark_key(run)
+        self.lease_ms = max(1000, int(lease * 1000))
+        self._mark_loss = client.register_script(_MARK_LOSS)
+
+    def start(self) -> None:
+        self.client.set(self.key, 0, ex=KEEP)
+
+    def present(self) -> bool:
+        return bool(self.client.exists(self.key))
+
+    def loss(self) -> None:
+        """Redis lost the run's records: claims may be taken again one lease from now (Redis' clock)."""
+        self._mark_loss(keys=[self.key], args=[self.lease_ms, KEEP])
+
+
 class TaskClaim:
     """The records of one (run, VM) in Redis, seen by one worker (``owner``)."""
 
@@ -75,16 +148,22 @@ class TaskClaim:
         self.owner = owner
         self.ttl_ms = max(1000, int(ttl * 1000))
         base = f"{KEY_PREFIX}task:{self.key}:"
-        self._claim, self._done, self._starts = base + "claim", base + "done", base + "starts"
+        self._claim, self._done, self._starts = base + "claim", done_key(run, vm), base + "starts"
+        self._mark = run_mark_key(run)
         self._refresh = client.register_script(_REFRESH)
         self._release = client.register_script(_RELEASE)
+        self._claim_script = client.register_script(_CLAIM)
 
     def done(self) -> dict[str, Any] | None:
         raw = self.client.get(self._done)
         return json.loads(raw) if raw else None
 
-    def try_claim(self) -> bool:
-        return bool(self.client.set(self._claim, self.owner, nx=True, px=self.ttl_ms))
+    def try_claim(self, *, ignore_mark: bool = False) -> Claim:
+        """Claim the task if nobody holds it and the run's records are whole (see :class:`RunMark`);
+        ``ignore_mark`` once a whole lease went by without the mark (its agent is gone)."""
+        if ignore_mark:
+            return Claim.TAKEN if self.client.set(self._claim, self.owner, nx=True, px=self.ttl_ms) else Claim.HELD
+        return Claim(int(self._claim_script(keys=[self._claim, self._mark], args=[self.owner, self.ttl_ms])))
 
     def holder(self) -> str | None:
         raw = self.client.get(self._claim)

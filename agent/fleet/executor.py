@@ -2,25 +2,31 @@
 
 The scheduler stays single: the agent plans the run, hands one Celery task per VM to the queue
 of the VM's host, and polls for the answers. Each answer is recorded (history, metrics, log) the
-moment it arrives, so a Redis that restarts mid-run loses no finished task's result. If Redis
-comes back empty (no persistence), tasks that no worker took are handed out again: their
-idempotency keys keep them from running twice.
+moment it arrives, so a Redis that restarts mid-run loses no finished task's result.
+
+The agent also knows when Redis lost the run's records (restarted empty, or from an old snapshot):
+the run's mark it set at the start is gone, or Redis' ``run_id`` changed. It then hands out again
+at once every task it has no answer for, except those a worker was seen running: those only if,
+a lease later, no worker claimed them again. The mark, reset to "a lease from now", keeps every
+worker from claiming a task of the run before that, so the worker still running a task claims it
+again first, and no task runs twice (see claims.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..daemon.logs import event
 from ..engine.cancel import CancelToken
 from ..engine.jobs import BackupTask, Executor, Resources, RetryPolicy, VmResult, VmStatus
 from .app import BACKUP_TASK, make_app
-from .claims import KEEP, TaskClaim, cancel_key
+from .claims import KEEP, RunMark, TaskClaim, cancel_key, done_key
 from .results import failed, result_from_json
 from .settings import FleetSettings
 
@@ -36,6 +42,13 @@ ENDED = ("SUCCESS", "FAILURE", "REVOKED")
 MAX_RESENDS = 2  # a task Celery itself failed is handed out again at most this often
 
 
+@runtime_checkable
+class RunningReport(Protocol):
+    """Resources that show which VMs are being backed up now (the agent's status API)."""
+
+    def report_running(self, job: str, vm: str, running: bool) -> None: ...
+
+
 @dataclass
 class _Pending:
     index: int
@@ -44,6 +57,8 @@ class _Pending:
     queue: str
     payload: dict[str, Any]
     resends: int = 0  # times handed out again after Celery itself failed the task
+    resend: bool = False  # to be handed out again at the next look (Redis lost it)
+    check_at: float | None = None  # then handed out again unless a worker claimed it (it was running)
 
 
 class CeleryExecutor(Executor):
@@ -73,11 +88,23 @@ class CeleryExecutor(Executor):
         run = uuid.uuid4().hex
         results: list[VmResult | None] = [None] * len(tasks)
 
+        report = resources.report_running if isinstance(resources, RunningReport) else None
+        running: set[tuple[str, str]] = set()  # (job, VM) a worker was seen backing up
+
+        def started(p: _Pending) -> None:
+            if report is not None and (p.task.job, p.task.vm) not in running:
+                running.add((p.task.job, p.task.vm))
+                report(p.task.job, p.task.vm, True)
+
         def settle(p: _Pending, result: VmResult) -> None:
             results[p.index] = result
+            if report is not None and (p.task.job, p.task.vm) in running:
+                running.discard((p.task.job, p.task.vm))
+                report(p.task.job, p.task.vm, False)
             if on_result is not None:
                 on_result(result)
 
+        self._start_mark(run)
         pending: dict[str, _Pending] = {}
         for index, task in enumerate(tasks):
             payload = {
@@ -98,8 +125,23 @@ class CeleryExecutor(Executor):
             event(logging.INFO, "task-sent", job=task.job, vm=task.vm, queue=p.queue, run=run)
             pending[p.task_id] = p
         self._warn_unserved({p.queue for p in pending.values()}, run)
-        self._wait(run, pending, token, settle)
+        try:
+            self._wait(run, pending, token, settle, started)
+        finally:
+            if report is not None:
+                for job, vm in running:
+                    report(job, vm, False)
         return [r for r in results if r is not None]
+
+    def _start_mark(self, run: str) -> None:
+        """The run's mark in Redis, before any task goes out: its loss tells that Redis lost the tasks."""
+        client = self.settings.redis()
+        try:
+            RunMark(client, run, self.settings.claim_ttl).start()
+        except Exception as exc:  # the first look at Redis finds the mark missing and hands the tasks out again
+            event(logging.WARNING, "redis-unreachable", _describe(exc), run=run)
+        finally:
+            client.close()
 
     def _warn_unserved(self, queues: set[str], run: str) -> None:
         """Log the queues no running worker serves now: their tasks wait for one to start."""
@@ -127,13 +169,15 @@ class CeleryExecutor(Executor):
         pending: dict[str, _Pending],
         token: CancelToken,
         settle: Callable[[_Pending, VmResult], None],
+        on_started: Callable[[_Pending], None],
     ) -> None:
         client = self.settings.redis()
+        mark = RunMark(client, run, self.settings.claim_ttl)
         deadline = time.monotonic() + self.settings.result_timeout
         stop_deadline: float | None = None
         redis_id: str | None = None
         down_since: float | None = None
-        resend_at: float | None = None
+        started: set[str] = set()  # tasks a worker was seen running (Celery's STARTED)
         try:
             while pending:
                 if token.cancelled and stop_deadline is None:
@@ -141,15 +185,21 @@ class CeleryExecutor(Executor):
                     self._cancel(client, run, token.reason)
                 try:
                     server = str(client.info("server")["run_id"])
-                    if redis_id is not None and server != redis_id:
-                        # live workers claim their tasks again within a quarter of the lease: wait half of it
-                        event(logging.WARNING, "redis-restarted", "handing out again the tasks it lost", run=run)
-                        resend_at = time.monotonic() + self.settings.claim_ttl / 2
+                    restarted = redis_id is not None and server != redis_id
                     redis_id = server
-                    if resend_at is not None and time.monotonic() >= resend_at:
-                        resend_at = None
-                        self._resend_lost(client, run, pending, token)
+                    if restarted or not mark.present():
+                        self._records_lost(mark, run, pending, started, token)
+                    self._resend_due(client, run, pending, token)
+                    for task_id, doc in self._kept_answers(client, run, pending):
+                        # the answer the worker keeps in the task's records, before Celery's copy (which
+                        # is lost if Redis went away in between, or "failed" if the ack was)
+                        settle(pending.pop(task_id), result_from_json(doc))
                     for task_id, meta in self._answers(list(pending)):
+                        if meta["status"] not in ENDED:
+                            if task_id not in started:
+                                started.add(task_id)
+                                on_started(pending[task_id])
+                            continue
                         p = pending.pop(task_id)
                         if meta["status"] == "SUCCESS":
                             settle(p, result_from_json(meta["result"]))
@@ -158,8 +208,8 @@ class CeleryExecutor(Executor):
                             # lost while Redis restarted). The claim makes a second delivery safe: it
                             # finds the answer or the point an earlier one made.
                             again = self._again(p, run, f"Celery failed the task: {meta['result']!r}")
-                            pending[again.task_id] = again  # pending before sent: a failed send leaves it to
-                            self._send(again)  # _resend_lost once Redis is back
+                            pending[again.task_id] = again
+                            again.resend = True  # sent by _resend_due, again at the next look if this fails
                         else:
                             settle(p, failed(p.task, f"the worker's task failed: {meta['result']!r}"))
                     if down_since is not None:
@@ -187,17 +237,80 @@ class CeleryExecutor(Executor):
             client.close()
 
     def _answers(self, task_ids: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The tasks of ``task_ids`` that ended, with their answers: one MGET per thousand tasks."""
+        """Celery's state of each task of ``task_ids`` it knows (started or ended): one MGET per thousand."""
         backend = self.app.backend
         for start in range(0, len(task_ids), BATCH):
             chunk = task_ids[start : start + BATCH]
             values = backend.mget([backend.get_key_for_task(t) for t in chunk])
             for task_id, raw in zip(chunk, values, strict=True):
-                if raw is None:
-                    continue
-                meta: dict[str, Any] = backend.decode_result(raw)
-                if meta["status"] in ENDED:
+                if raw is not None:
+                    meta: dict[str, Any] = backend.decode_result(raw)
                     yield task_id, meta
+
+    @staticmethod
+    def _kept_answers(client: Any, run: str, pending: dict[str, _Pending]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The answers the workers kept in their tasks' records (``done``) for tasks Celery has none of."""
+        ids = list(pending)
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            values = client.mget([done_key(run, pending[t].task.vm) for t in chunk])
+            for task_id, raw in zip(chunk, values, strict=True):
+                if raw:
+                    yield task_id, json.loads(raw)
+
+    def _records_lost(
+        self, mark: RunMark, run: str, pending: dict[str, _Pending], started: set[str], token: CancelToken
+    ) -> None:
+        """Redis lost the run's records (restarted empty, or from an old snapshot): every task it held in a
+        queue is gone. Hand those out again now; a task a worker was seen running is handed out again
+        only if, a lease later, no worker claimed it again (its worker was lost with Redis).
+
+        The run's mark keeps any worker from claiming a task of this run for a lease (the deliveries
+        sent now wait), so a worker still running one claims it again first: no task runs twice.
+        """
+        mark.loss()
+        self._declare(pending)
+        check_at = time.monotonic() + self.settings.claim_ttl
+        running = 0
+        for p in pending.values():
+            if token.cancelled:
+                break
+            if p.task_id in started:
+                p.check_at = check_at
+                running += 1
+            else:
+                p.resend = True
+        again = sum(1 for p in pending.values() if p.resend)
+        event(
+            logging.WARNING,
+            "redis-lost-tasks",
+            f"Redis lost the run's records: handing out again {again} queued task(s) now; "
+            f"{running} running one(s) if no worker claims them again within {self.settings.claim_ttl:g}s",
+            run=run,
+        )
+
+    def _declare(self, pending: dict[str, _Pending]) -> None:
+        """Declare every queue of the run again (an empty Redis lost them with their bindings)."""
+        with self.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in sorted({p.queue for p in pending.values()}):
+                self.app.amqp.queues[name].bind(channel).declare()
+
+    def _resend_due(self, client: Any, run: str, pending: dict[str, _Pending], token: CancelToken) -> None:
+        """Send the tasks due to be handed out again; one that fails to go stays due for the next look."""
+        now = time.monotonic()
+        for p in list(pending.values()):
+            if token.cancelled:
+                return
+            if p.check_at is not None and now >= p.check_at:
+                claim = TaskClaim(client, run, p.task.vm, "agent", self.settings.claim_ttl)
+                p.resend = claim.holder() is None and claim.done() is None
+                p.check_at = None
+            if p.resend:
+                p.payload["resent"] = True  # the worker looks for a point of an earlier delivery first
+                self._send(p)
+                p.resend = False
+                event(logging.INFO, "task-resent", job=p.task.job, vm=p.task.vm, queue=p.queue, run=run)
 
     @staticmethod
     def _cancel(client: Any, run: str, reason: str) -> None:
@@ -209,28 +322,9 @@ class CeleryExecutor(Executor):
     @staticmethod
     def _again(p: _Pending, run: str, why: str) -> _Pending:
         """``p`` to hand out again under a new task id (the old id keeps Celery's failure)."""
-        again = replace(p, task_id=f"{p.task_id}-r{p.resends + 1}", resends=p.resends + 1)
-        again.payload["resent"] = True  # the worker looks for a point of an earlier delivery first
+        again = replace(p, task_id=f"{p.task_id}-r{p.resends + 1}", resends=p.resends + 1, check_at=None)
         event(logging.WARNING, "task-resent", why, job=p.task.job, vm=p.task.vm, queue=p.queue, run=run)
         return again
-
-    def _resend_lost(self, client: Any, run: str, pending: dict[str, _Pending], token: CancelToken) -> None:
-        """After Redis came back empty: send again each task no worker holds or answered.
-
-        Kombu keeps a queue's binding to its exchange in Redis, and its producer remembers what it
-        declared: after an empty restart a message sent before some worker re-declared that queue
-        would be routed nowhere and dropped. So every queue is declared again first.
-        """
-        with self.app.connection_for_write() as conn:
-            channel = conn.default_channel
-            for name in sorted({p.queue for p in pending.values()}):
-                self.app.amqp.queues[name].bind(channel).declare()
-        for p in pending.values():
-            claim = TaskClaim(client, run, p.task.vm, "agent", self.settings.claim_ttl)
-            if claim.holder() is None and claim.done() is None and not token.cancelled:
-                p.payload["resent"] = True  # the worker looks for a point of an earlier delivery first
-                self._send(p)
-                event(logging.INFO, "task-resent", job=p.task.job, vm=p.task.vm, queue=p.queue, run=run)
 
 
 def _describe(exc: BaseException) -> str:

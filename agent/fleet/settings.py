@@ -99,6 +99,7 @@ class FleetSettings:
         }
         return {
             "broker_url": self.broker,
+            "broker_transport": "vmkeep.agent.fleet.transport:Transport",  # survives losing Redis (see there)
             "broker_password": self.password,
             "result_backend": self.broker,
             "redis_password": self.password,

@@ -43,17 +43,19 @@ end
 return 0
 """
 
-# KEYS: the sets; ARGV: holder, ttl in ms. How many of the holds were still there to refresh.
+# KEYS: the sets; ARGV: holder, ttl in ms. How many of the holds were still there to refresh. A hold
+# that is gone (Redis restarted empty, or the holder was cut off longer than the ttl) is taken again:
+# its snapshot exists, so it counts against the limit, even if that puts the set above it for a while.
 _REFRESH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local kept = 0
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', now + tonumber(ARGV[2]), ARGV[1])
   if redis.call('ZSCORE', key, ARGV[1]) then
     kept = kept + 1
-    redis.call('PEXPIRE', key, tonumber(ARGV[2]) * 2)
   end
+  redis.call('ZADD', key, now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', key, tonumber(ARGV[2]) * 2)
 end
 return kept
 """
@@ -88,7 +90,7 @@ class FleetLimits:
         refresher: threading.Thread | None = None
         try:
             for key, name in zip(keys, slot_keys(task), strict=True):
-                while not self._acquire(keys=[key], args=[holder, self._limit(name), self.ttl_ms]):
+                while not self._try_acquire(key, holder, self._limit(name)):
                     token.check()
                     token.wait(0.25)
                 held.append(key)
@@ -111,6 +113,18 @@ class FleetLimits:
                         "could not give back snapshot slot %s (%s); it expires in %ds", key, exc, self.ttl_ms // 1000
                     )
 
+    def _try_acquire(self, key: str, holder: str, limit: int) -> bool:
+        """One try at a slot. Redis unreachable (restarting) is waited out like a full limit: the task's
+        claim keeper cancels the token if Redis stays away for half a lease."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            return bool(self._acquire(keys=[key], args=[holder, limit, self.ttl_ms]))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("cannot reach Redis for snapshot slot %s (%s); waiting", key, exc)
+            return False
+
     def _keep(self, held: list[str], holder: str, stop: threading.Event) -> None:
         """Refresh the holds a few times per ttl until told to stop."""
         while not stop.wait(self.ttl_ms / 3000):
@@ -120,7 +134,7 @@ class FleetLimits:
                 log.warning("could not refresh snapshot slots (%s); retrying", exc)
                 continue
             if int(kept) < len(held):
-                log.warning("%s: a snapshot slot expired before it was refreshed", holder)
+                log.warning("%s: a snapshot slot was gone (Redis restarted, or cut off too long); taken again", holder)
 
     def holders(self, task: BackupTask) -> dict[str, int]:
         """How many holders each of the task's limits has now (for status and tests)."""

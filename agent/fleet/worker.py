@@ -26,7 +26,7 @@ from ..daemon.resources import RepositoryPool
 from ..engine import cancel
 from ..engine.cancel import CancelToken
 from ..engine.jobs import BackupTask, Resources, RetryPolicy, VmStatus, current_task, run_task
-from .claims import ClaimKeeper, TaskClaim, cancel_key
+from .claims import Claim, ClaimKeeper, TaskClaim, cancel_key
 from .results import failed, result_of_point
 from .settings import FleetSettings
 from .slots import FleetLimits
@@ -103,16 +103,19 @@ class WorkerResources(Resources):
         return found[-1] if found else None
 
 
-def execute_backup(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one VM's task sent by the agent; the result as ``VmResult.to_json()`` (plus the worker)."""
+def execute_backup(ctx: WorkerContext, payload: dict[str, Any], *, retried: bool = False) -> dict[str, Any]:
+    """Run one VM's task sent by the agent; the result as ``VmResult.to_json()`` (plus the worker).
+
+    ``retried``: Celery runs the task again after a Redis error, which may have come after its commit.
+    """
     task = BackupTask.from_json(payload["task"])
     current_task.set(task)
-    answer = _execute(ctx, task, payload)
+    answer = _execute(ctx, task, payload, retried)
     answer["worker"] = ctx.hostname
     return answer
 
 
-def _execute(ctx: WorkerContext, task: BackupTask, payload: dict[str, Any]) -> dict[str, Any]:
+def _execute(ctx: WorkerContext, task: BackupTask, payload: dict[str, Any], retried: bool) -> dict[str, Any]:
     started = datetime.now(UTC)
     theirs = str(payload.get("version"))
     if theirs != ctx.version:
@@ -126,13 +129,26 @@ def _execute(ctx: WorkerContext, task: BackupTask, payload: dict[str, Any]) -> d
     owner = f"{ctx.hostname}/{uuid.uuid4().hex[:8]}"
     claim = TaskClaim(ctx.redis, run, task.vm, owner, ctx.settings.claim_ttl)
     waited = False
+    unmarked_since: float | None = None  # when this delivery first found the run's records lost
     while True:
         done = claim.done()
         if done is not None:
             return done
-        if claim.try_claim():
+        # a lease without the run's mark: its agent is gone (or older), and every live holder claimed again
+        patient = unmarked_since is not None and time.monotonic() - unmarked_since > ctx.settings.claim_ttl
+        state = claim.try_claim(ignore_mark=patient)
+        if state == Claim.TAKEN:
             break
-        if not waited:
+        if state == Claim.NOT_YET:
+            if unmarked_since is None:
+                unmarked_since = time.monotonic()
+                event(
+                    logging.INFO,
+                    "task-waiting",
+                    "Redis lost this run's records; a worker still running this task claims it first",
+                    vm=task.vm,
+                )
+        elif not waited:
             event(logging.INFO, "task-waiting", "another worker runs this task", holder=claim.holder(), vm=task.vm)
             waited = True
         stop = ctx.redis.get(cancel_key(run))
@@ -154,8 +170,18 @@ def _execute(ctx: WorkerContext, task: BackupTask, payload: dict[str, Any]) -> d
             doc = failed(task, error).to_json()
             claim.finish(doc)
             return doc
-        if starts > 1 or payload.get("resent"):
-            why = "its previous worker was lost" if starts > 1 else "Redis lost it; the agent sent it again"
+        # Redis may have lost the records of an earlier delivery (its answer, the count of starts):
+        # then the repository tells whether it committed
+        if starts > 1 or payload.get("resent") or retried or unmarked_since is not None:
+            why = (
+                "its previous worker was lost"
+                if starts > 1
+                else "Redis lost it; the agent sent it again"
+                if payload.get("resent")
+                else "Redis lost this run's records"
+                if unmarked_since is not None
+                else "Celery ran it again after a Redis error"
+            )
             event(logging.WARNING, "task-retried", why, job=task.job, vm=task.vm)
             point = resources.committed_point(task)
             if point is not None:

@@ -208,11 +208,6 @@ def test_a_worker_of_another_version_refuses_the_task(fleet: Fleet) -> None:
         assert repo.points() == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known race (docs/FLEET.md, 'Known limits'): a task queued when Redis restarts empty is now and then "
-    "lost; its VM ends failed ('no worker answered') instead of being handed out again",
-)
 def test_redis_restarting_empty_mid_run_loses_no_result_and_doubles_no_point(fleet: Fleet) -> None:
     every_host = sorted(set(fleet.hosts.values()))
     for vm in ("DC0_H0_VM3", "DC0_C0_RP0_VM3", "DC0_C0_RP0_VM5"):  # a run long enough to restart Redis in
@@ -239,6 +234,38 @@ def test_redis_restarting_empty_mid_run_loses_no_result_and_doubles_no_point(fle
     assert all(row in rows for row in finished_before)
 
 
+def test_redis_restarting_empty_while_every_task_waits_in_its_queue_loses_none(fleet: Fleet) -> None:
+    vms = ["DC0_H0_VM0", "DC0_H0_VM1", "DC0_C0_RP0_VM0", "DC0_C0_RP0_VM1"]
+    queues = sorted({f"vmkeep.host.{fleet.hosts[vm]}" for vm in vms})
+    picks = [arg for vm in vms for arg in ("--vm", vm)]
+    outcome: dict[str, object] = {}
+    runner = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "result", run_vmkeep("jobs", "run", "fleet", *picks, "--config", fleet.config, "--json", timeout=600)
+        )
+    )
+    runner.start()  # no worker yet: every task waits in its queue
+    client = fleet.redis.client()
+    deadline = time.monotonic() + 120
+    while sum(client.llen(q) for q in queues) < len(vms) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.1)
+    assert sum(client.llen(q) for q in queues) == len(vms)  # type: ignore[attr-defined]
+    fleet.redis.restart()  # empty: every task is gone
+    for name in ("proxy-a", "proxy-b"):
+        fleet.start_worker(name, sorted(set(fleet.hosts.values())))
+    runner.join(300)
+    assert not runner.is_alive()
+
+    result = outcome["result"]
+    doc = json.loads(result.out)  # type: ignore[attr-defined]
+    assert doc["status"] == "succeeded", json.dumps(doc, indent=1, default=str)[:6000]
+    assert sorted(v["vm"] for v in doc["vms"]) == sorted(vms)
+    with Repository.open(fleet.repo, None) as repo:
+        assert sorted(p.vm for p in repo.points()) == sorted(vms), "one point per VM, no more"
+    assert sorted(r["vm"] for r in history(fleet.config)) == sorted(vms)
+    assert "Redis lost the run's records: handing out again 4 queued task(s) now" in result.err  # type: ignore[attr-defined]
+
+
 def test_the_running_agent_records_the_workers_results_in_history_and_metrics(fleet: Fleet) -> None:
     from tests.fixtures.agent import AgentProcess, listen_address, scrape
 
@@ -263,6 +290,26 @@ def test_the_running_agent_records_the_workers_results_in_history_and_metrics(fl
             labels = (("job", "fleet"), ("vm", row["vm"]))
             assert metrics[("vmkeep_vm_last_backup_read_bytes", labels)] == row["read_bytes"] > 0
             assert metrics[("vmkeep_vm_last_backup_ok", labels)] == 1
+    finally:
+        assert agent.stop() == 0
+
+
+def test_the_running_agent_shows_the_vms_its_workers_back_up_in_its_status(fleet: Fleet) -> None:
+    from tests.fixtures.agent import AgentProcess, listen_address, status
+
+    fleet.vc.api.delay(1.0, path_contains="DC0_H0_VM1/", count=4)  # long enough to be seen running
+    fleet.start_worker("proxy-a", sorted(set(fleet.hosts.values())))
+    agent = AgentProcess.start(fleet.config, "--listen", "127.0.0.1:0")
+    try:
+        address = listen_address(agent)
+        assert status(address)["running_vms"] == {}
+        started = run_vmkeep("jobs", "run", "fleet", "--vm", "DC0_H0_VM1", "--config", fleet.config, "--json")
+        assert started.code == 0, started.err
+        run_id = json.loads(started.out)["run_id"]
+        agent.wait_for(lambda: status(address)["running_vms"] == {"fleet": ["DC0_H0_VM1"]}, "the VM shown running")
+        agent.wait_for(lambda: agent.events("run-finished", run=run_id), "the agent's run")
+        assert status(address)["running_vms"] == {}
+        assert [r["status"] for r in history(fleet.config)] == ["succeeded"]
     finally:
         assert agent.stop() == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from tests.fixtures.redis import RedisServer
 from vmkeep.agent.engine.cancel import CancelToken
@@ -60,3 +61,36 @@ def test_waiting_for_a_slot_is_cancellable(redis_server: RedisServer) -> None:
         threading.Timer(0.5, waiting.cancel, args=["stop"]).start()
         with pytest.raises(Interrupted), limits.slot(task("b"), waiting):
             pass
+
+
+def test_a_held_slot_lost_with_redis_is_taken_again_and_counted(redis_server: RedisServer) -> None:
+    holder = FleetLimits(redis_server.client(), per_host=1, per_datastore=5, ttl=3)  # type: ignore[arg-type]
+    other = FleetLimits(redis_server.client(), per_host=1, per_datastore=5, ttl=30)  # type: ignore[arg-type]
+    key = "vmkeep:fleet:slots:host:host-1"
+    with holder.slot(task("a", datastores=()), CancelToken()):
+        redis_server.restart()  # empty: the hold is gone, the snapshot it stands for is not
+        client = redis_server.client()
+        deadline = time.monotonic() + 30
+        while not client.exists(key) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.1)
+        assert not other._try_acquire(key, "b", 1), "a second snapshot on the host while the first exists"
+    assert other._try_acquire(key, "b", 1)
+
+
+def test_waiting_for_a_slot_outlasts_redis_restarting(redis_server: RedisServer) -> None:
+    limits = FleetLimits(redis_server.client(), per_host=1, per_datastore=5, ttl=30)  # type: ignore[arg-type]
+    redis_server.stop()
+    token = CancelToken()
+    got: list[bool] = []
+
+    def take() -> None:
+        with limits.slot(task("a"), token):
+            got.append(True)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    time.sleep(1.0)  # the first tries meet a closed port
+    assert not got
+    redis_server.start()
+    thread.join(30)
+    assert got == [True]
