@@ -25,7 +25,7 @@ from ..daemon.logs import event
 from ..daemon.resources import RepositoryPool
 from ..engine import cancel
 from ..engine.cancel import CancelToken
-from ..engine.jobs import BackupTask, Resources, RetryPolicy, VmStatus, current_task, run_task
+from ..engine.jobs import BackupTask, Resources, RetryPolicy, VmResult, VmStatus, current_task, run_task
 from .claims import Claim, ClaimKeeper, TaskClaim, cancel_key
 from .results import failed, result_of_point
 from .settings import FleetSettings
@@ -101,6 +101,25 @@ class WorkerResources(Resources):
         with self.repository(task) as repo:
             found = [p for p in repo.points(task.vm) if p.source.get(FLEET_TASK_KEY) == self.key]
         return found[-1] if found else None
+
+
+def _tidy_after_lost_worker(resources: WorkerResources, task: BackupTask, token: CancelToken, result: VmResult) -> None:
+    """Remove what a worker lost after its commit may have left on the VM: its snapshot or checkpoint.
+
+    The lost worker committed, but may have died before its session removed its snapshot. A
+    session opened on the VM removes what an interrupted backup left (and says so in its
+    warnings), then removes its own on close: an extra snapshot, but only on this rare path, and
+    through the platform contract every platform implements. If that fails, the point still
+    stands and the result says what may be left.
+    """
+    try:
+        with resources.slot(task, token), resources.session(task) as session:
+            result.warnings.extend(session.warnings)
+    except Exception as exc:
+        message = f"what the lost worker left on the VM (a snapshot) may remain: {exc}"
+        event(logging.WARNING, "task-tidy-failed", message, job=task.job, vm=task.vm)
+        result.status, result.error = VmStatus.WARNING, message
+        result.warnings.append(message)
 
 
 def execute_backup(ctx: WorkerContext, payload: dict[str, Any], *, retried: bool = False) -> dict[str, Any]:
@@ -186,7 +205,9 @@ def _execute(ctx: WorkerContext, task: BackupTask, payload: dict[str, Any], retr
             point = resources.committed_point(task)
             if point is not None:
                 event(logging.INFO, "task-already-committed", job=task.job, vm=task.vm, point=point.short_id)
-                doc = result_of_point(task, point, started).to_json()
+                result = result_of_point(task, point, started)
+                _tidy_after_lost_worker(resources, task, ctx.token.child(f"{task.job}/{task.vm}"), result)
+                doc = result.to_json()
                 claim.finish(doc)
                 return doc
         token = ctx.token.child(f"{task.job}/{task.vm}")

@@ -184,6 +184,40 @@ def test_a_worker_killed_mid_backup_is_replaced_and_no_point_doubles(fleet: Flee
     assert verify.code == 0, verify.out + verify.err
 
 
+def test_a_worker_killed_between_its_commit_and_its_snapshot_removal_leaves_no_snapshot(fleet: Fleet) -> None:
+    """The task's retry finds the committed point, and removes the snapshot the lost worker left.
+
+    vcsim holds the run's first snapshot removal for 8 s, so the worker is surely killed with its
+    point committed and its snapshot still on the VM (a removal whose client is gone is dropped).
+    """
+    every_host = sorted(set(fleet.hosts.values()))
+    fleet.vc.api.delay(8.0, method="RemoveSnapshot_Task", count=1)
+    victim = fleet.start_worker("proxy-a", every_host)
+
+    outcome: dict[str, dict[str, object]] = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("doc", fleet.run_job()))
+    runner.start()
+    deadline = time.monotonic() + 120
+    committed: list[str] = []
+    while not committed and time.monotonic() < deadline:
+        with Repository.open(fleet.repo, None, lock=False) as repo:
+            committed = [p.vm for p in repo.points()]
+        time.sleep(0.1)
+    assert committed, "no point was committed"
+    victim.kill9()
+    rescuer = fleet.start_worker("proxy-b", every_host)
+    runner.join(300)
+    assert not runner.is_alive()
+
+    doc = outcome["doc"]
+    assert doc["status"] == "succeeded", json.dumps(doc, indent=1, default=str)[:6000]
+    assert_every_vm_once_and_restorable(fleet, doc)  # no VM kept a snapshot
+    [found] = rescuer.events("task-already-committed", vm=committed[0])
+    assert found["point"]
+    [result] = [v for v in doc["vms"] if v["vm"] == committed[0]]  # type: ignore[union-attr]
+    assert any("left by an interrupted backup" in w for w in result["warnings"]), result
+
+
 def test_a_worker_of_another_version_refuses_the_task(fleet: Fleet) -> None:
     from vmkeep.agent.config.load import load_config
     from vmkeep.agent.fleet.app import BACKUP_TASK, make_app
