@@ -28,7 +28,7 @@ from .transport import DatastoreFile, DiskTransport, HttpFlatTransport
 log = logging.getLogger(__name__)
 
 SNAPSHOT_PREFIX = "vmkeep-backup"
-READ_SIZE = 16 * 1024 * 1024
+READ_SIZE = 4 * 1024 * 1024
 """Bytes per Range GET of a backup: each request costs a round trip and per-request work on both
 ends; 4 MiB halves the CPU the simulator and vmkeep spend per MiB against 1 MiB requests."""
 
