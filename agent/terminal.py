@@ -41,20 +41,28 @@ class TerminalProgress(Progress):
         self._live = self._out.isatty() and not quiet
         self._quiet = quiet
         self._bar: tqdm[NoReturn] | None = None
+        self._open = 0  # disks started and not finished: a VM's disks are read together, under one bar
 
     def disk_started(self, vm: str, disk: str, total_bytes: int, mode: str, reason: str | None) -> None:
         if reason and not self._quiet:
             self._print(f"{vm} {disk}: full read: {reason}")
+        self._open += 1
         if self._live:
-            self._close()
-            self._bar = _bar(f"{vm} {disk} {mode}", total_bytes, self._out)
+            if self._bar is not None and self._open > 1:
+                self._bar.total = (self._bar.total or 0) + total_bytes
+                self._bar.set_description(f"{vm} {self._open} disks {mode}")
+            else:
+                self._close()
+                self._bar = _bar(f"{vm} {disk} {mode}", total_bytes, self._out)
 
     def advance(self, nbytes: int) -> None:
         if self._bar is not None:
             self._bar.update(nbytes)
 
     def disk_finished(self, disk: str) -> None:
-        self._close()
+        self._open = max(0, self._open - 1)
+        if self._open == 0:
+            self._close()
 
     def warn(self, message: str) -> None:
         self._print(f"WARNING: {message}")

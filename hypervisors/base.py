@@ -84,6 +84,9 @@ class BackupSession(ABC):
     """
 
     vm_name: str
+    # Bytes the engine asks for in one ``read`` where consecutive blocks are wanted: a source
+    # whose requests cost much (an HTTP round trip) reads several blocks at once. 0: one block.
+    read_size: int = 0
 
     def __init__(self) -> None:
         # Things that happened before the commit ("tracking was reset; read in full"): the engine

@@ -17,7 +17,8 @@ import (
 // the disk as it was when the layer was frozen (or is now, for the running
 // layer). A snapshot copies the running layer's allocated blocks into a new
 // child file, so the frozen file is never written again; removing a snapshot
-// renames the child over it (O(1)); reverting copies the frozen image back.
+// renames the child over it (O(1); the replaced image is freed in the background);
+// reverting copies the frozen image back.
 
 const (
 	seekData = 3 // SEEK_DATA
@@ -263,8 +264,19 @@ func (x *ext) consolidate(d *disk, snap types.ManagedObjectReference) error {
 	if err != nil {
 		return err
 	}
+	// The rename drops the frozen image's last name. Freeing its blocks (an unlink of a
+	// whole disk's data, up to a second here) is the simulator's artefact: ESXi merges a
+	// small delta instead. An open handle keeps the inode alive past the rename, and closing
+	// it in the background frees the blocks off the RemoveSnapshot call.
+	old, oerr := os.Open(to)
 	if err := os.Rename(from, to); err != nil {
+		if oerr == nil {
+			_ = old.Close()
+		}
 		return err
+	}
+	if oerr == nil {
+		go func() { _ = old.Close() }()
 	}
 	if desc, err := localPath(upper.file); err == nil {
 		_ = os.Remove(desc)

@@ -1,10 +1,14 @@
 """Backing up one VM: plan each disk, read and store its blocks, commit a recovery point.
 
-Per disk, blocks flow through ``ordered_map``: worker threads read a block, test it for
-zeros, hash it, and (if the repository lacks it) compress, encrypt and checksum it; the
-main thread hands new frames to the pack writer and places each id in the disk's tree.
-Blocks not read in an incremental keep the previous point's ids, so every point is a
-complete list of references (a synthetic full) however little was read.
+Each disk is planned first (full or incremental, with its sanity checks); then the blocks of
+all the VM's disks flow through one ``ordered_map``, interleaved disk by disk, so that the
+disks are read in parallel within one bound on the blocks in flight. Worker threads read a
+batch of consecutive blocks (``BackupSession.read_size``: one request for several blocks
+where requests are costly, as over HTTP), test each block for zeros, hash it, and (if the
+repository lacks it) compress, encrypt and checksum it; the main thread hands new frames to
+the pack writer and places each id in its disk's tree. Blocks not read in an incremental keep
+the previous point's ids, so every point is a complete list of references (a synthetic full)
+however little was read.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,7 +32,7 @@ from vmkeep.repository.writer import BlobWriter
 from . import cancel
 from .exceptions import ShortRead
 from .pipeline import ordered_map
-from .plan import plan_disk, previous_damage
+from .plan import DiskPlan, plan_disk, previous_damage
 from .progress import Progress
 from .sanity import check_unallocated_blocks, check_unchanged_blocks
 from .zeros import is_zero
@@ -56,6 +61,24 @@ class _BlockResult:
     zero: bool
 
 
+@dataclass
+class _DiskRead:
+    """A planned disk while its blocks are read: what the loop fills in, and where."""
+
+    disk: DiskInfo
+    plan: DiskPlan
+    record: DiskRecord
+    tree: _TreeBuilder
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Consecutive blocks of one disk, read with one request; no blocks: the disk's last batch is done."""
+
+    read: _DiskRead
+    blocks: range
+
+
 def backup_vm(
     session: BackupSession,
     repo: Repository,
@@ -78,7 +101,9 @@ def backup_vm(
     progress = progress or Progress()
     job = _BackupJob(session, repo, options or BackupOptions(), progress, token)
     try:
-        records = [job.back_up_disk(disk) for disk in session.disks()]
+        reads = [job.prepare_disk(disk) for disk in session.disks()]
+        job.read_disks(reads)
+        records = [read.record for read in reads]
         job.writer.flush()  # packs durable, then index: only now may a point refer to them
         token.check()  # the last moment to stop: next, the point is committed
         state = session.prepare_commit()
@@ -165,7 +190,8 @@ class _BackupJob:
             self.full_reason = periodic_full_reason(repo, session, options.full_every)
         self.writer = repo.writer()
 
-    def back_up_disk(self, disk: DiskInfo) -> DiskRecord:
+    def prepare_disk(self, disk: DiskInfo) -> _DiskRead:
+        """Decide what to read of ``disk`` (full or incremental, after the sanity checks)."""
         session, repo = self.session, self.repo
         block_size = repo.config.block_size
         plan = plan_disk(session, disk, self.previous, block_size, force_full=self.full_reason)
@@ -218,32 +244,57 @@ class _BackupJob:
         total = sum(min(r.stop * block_size, disk.capacity) - r.start * block_size for r in plan.runs)
         self.progress.disk_started(session.vm_name, name, total, plan.mode, plan.reason)
         tree = _TreeBuilder(repo, self.writer, repo.geometry(disk.capacity), prev_leaves)
-        workers = self.options.workers
-        for result in ordered_map(lambda i: self._process(disk, i), plan.blocks(), workers, 4 * workers):
-            self.token.check()
-            record.read_bytes += result.length
-            record.changed_blocks += 1
-            if result.zero:
-                record.zero_bytes += result.length
-            elif result.frame is not None and self.writer.add(result.frame):
-                record.new_bytes += result.length
-                record.stored_bytes += len(result.frame)
-            tree.set(result.index, result.blob_id)
-            self.progress.advance(result.length)
-        record.tree = tree.finish().hex()
-        self.progress.disk_finished(name)
-        return record
+        return _DiskRead(disk, plan, record, tree)
 
-    def _process(self, disk: DiskInfo, index: int) -> _BlockResult:
-        """Runs on a worker thread: read, test for zeros, hash, and encode if new."""
+    def read_disks(self, reads: list[_DiskRead]) -> None:
+        """Read, store and place the planned blocks of every disk, the disks in parallel.
+
+        One ``ordered_map`` over the disks' batches taken in turn, so the bound on blocks in
+        flight (``4 * workers``, whatever the number of disks) is the memory bound of one disk.
+        """
+        workers = self.options.workers
+        per_batch = max(1, self.session.read_size // self.repo.config.block_size)
+        window = max(workers, 4 * workers // per_batch)
+        for batch, results in ordered_map(self._process, _interleave(reads, per_batch), workers, window):
+            record = batch.read.record
+            for result in results:
+                self.token.check()
+                record.read_bytes += result.length
+                record.changed_blocks += 1
+                if result.zero:
+                    record.zero_bytes += result.length
+                elif result.frame is not None and self.writer.add(result.frame):
+                    record.new_bytes += result.length
+                    record.stored_bytes += len(result.frame)
+                batch.read.tree.set(result.index, result.blob_id)
+                self.progress.advance(result.length)
+            if not batch.blocks:
+                record.tree = batch.read.tree.finish().hex()
+                self.progress.disk_finished(record.name)
+
+    def _process(self, batch: _Batch) -> tuple[_Batch, list[_BlockResult]]:
+        """Runs on a worker thread: read the batch, then per block test for zeros, hash, and encode if new."""
+        if not batch.blocks:
+            return batch, []
+        disk = batch.read.disk
         block_size = self.repo.config.block_size
-        offset = index * block_size
-        length = min(block_size, disk.capacity - offset)
+        offset = batch.blocks.start * block_size
+        length = min(batch.blocks.stop * block_size, disk.capacity) - offset
         data = self.session.read(disk, offset, length)
         if len(data) != length:
             raise ShortRead(
                 f"{self.session.vm_name} disk {disk.key}: read {len(data)} of {length} bytes at offset {offset}"
             )
+        if len(batch.blocks) == 1:
+            return batch, [self._block(batch.blocks.start, data)]
+        view = memoryview(data)
+        return batch, [
+            self._block(index, view[pos : pos + block_size])
+            for index, pos in zip(batch.blocks, range(0, length, block_size), strict=True)
+        ]
+
+    def _block(self, index: int, data: bytes | memoryview) -> _BlockResult:
+        length = len(data)
         if is_zero(data):
             return _BlockResult(index, ZERO, None, length, True)
         codec = self.repo.codec
@@ -251,6 +302,26 @@ class _BackupJob:
         if self.writer.known(blob_id):
             return _BlockResult(index, blob_id, None, length, False)
         return _BlockResult(index, blob_id, codec.encode_frame(BlobType.DATA, blob_id, data), length, False)
+
+
+def _batches(read: _DiskRead, per_batch: int) -> Iterator[_Batch]:
+    """The disk's planned blocks in runs of at most ``per_batch``, then an empty batch: the end."""
+    for run in read.plan.runs:
+        for start in range(run.start, run.stop, per_batch):
+            yield _Batch(read, range(start, min(start + per_batch, run.stop)))
+    yield _Batch(read, range(0))
+
+
+def _interleave(reads: list[_DiskRead], per_batch: int) -> Iterator[_Batch]:
+    """One batch of each disk in turn, until every disk's batches are taken."""
+    active = [_batches(read, per_batch) for read in reads]
+    while active:
+        for batches in list(active):
+            batch = next(batches, None)
+            if batch is None:
+                active.remove(batches)
+            else:
+                yield batch
 
 
 class _TreeBuilder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 _ZEROS = bytes(1 << 20)
 
 
-def is_zero(data: bytes) -> bool:
+def is_zero(data: bytes | memoryview) -> bool:
     """True if every byte is zero (a memcmp against a zero buffer, several GB/s)."""
     n = len(data)
     if n <= len(_ZEROS):

@@ -57,3 +57,37 @@ def test_no_bar_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     assert sizes.code == 0, sizes.err
     for result in (verify, sizes):
         assert "\r" not in result.err and "%|" not in result.err
+
+
+def test_the_disks_of_a_vm_read_together_share_one_bar() -> None:
+    """The engine reads a VM's disks at once: one bar for them all, closed when the last one ends."""
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    from vmkeep.agent.terminal import TerminalProgress
+
+    master, replica = os.openpty()
+    fcntl.ioctl(replica, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty has 0 columns
+    with os.fdopen(replica, "w") as stream:
+        progress = TerminalProgress(stream)
+        progress.disk_started("web01", "Hard disk 1", 3 << 20, "full", None)
+        progress.disk_started("web01", "Hard disk 2", 1 << 20, "full", None)
+        progress.advance(3 << 20)
+        progress.disk_finished("Hard disk 1")
+        progress.advance(1 << 20)
+        progress.disk_finished("Hard disk 2")
+    out = b""
+    while select.select([master], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    text = out.decode(errors="replace")
+    assert _bar(text, "web01 2 disks full"), text
+    assert "4.00M/4.00M" in text, text
