@@ -146,7 +146,9 @@ def test_a_failing_vm_is_retried_and_reported_while_the_others_succeed(
 def test_sigterm_mid_backup_removes_the_snapshots_and_commits_nothing(
     tmp_path: Path, vcsim: Vcsim, repo_path: Path, agents: list[AgentProcess]
 ) -> None:
-    vcsim.api.delay(0.3, path_contains="-flat.vmdk", count=100_000)  # a slow datastore: backups take long
+    # A slow datastore: each read of a disk (4 MiB, one or two per disk here) takes 2 s, so that every
+    # VM is still reading when the third snapshot appears and the agent is stopped.
+    vcsim.api.delay(2.0, path_contains="-flat.vmdk", count=100_000)
     config = write_job_file(tmp_path, vcsim, repo_path, _one_job())
     agent = AgentProcess.start(config)
     agents.append(agent)
