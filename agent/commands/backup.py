@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..engine.sanity import DEFAULT_WINDOWS, WINDOW
+from ..engine.sample_size import DEFAULT_WINDOWS, WINDOW
 from .common import EXIT_OK, json_option, open_repository, repo_options
 
 

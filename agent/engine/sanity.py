@@ -29,6 +29,7 @@ from vmkeep.repository.tree import leaf_refs
 
 from .pipeline import ordered_map
 from .plan import DiskPlan, complement
+from .sample_size import DEFAULT_WINDOWS, WINDOW
 from .zeros import is_zero
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from vmkeep.repository.points import DiskRecord
     from vmkeep.repository.repo import Repository
 
-WINDOW = 64 * 1024  # bytes compared per sampled block (the whole block if blocks are smaller)
-DEFAULT_WINDOWS = 16  # per disk: 1 MiB of source reads whatever the disk's size
 START_SHARE = 4  # 1/START_SHARE of the windows are at the start of the first unchanged blocks
 
 
