@@ -11,7 +11,7 @@ from pathlib import Path
 from pyVmomi import vim
 
 from tests.fixtures.repos import SMALL_BLOCK
-from tests.fixtures.vcsim import Vcsim, find_vm, wait_task
+from tests.fixtures.vcsim import Vcsim, add_disk, find_vm, wait_task
 from tests.fixtures.vsphere import VM, back_up, blocks_touched, connect, disk_bytes, restored_disks, scribble
 from vmkeep.agent.engine.progress import Progress
 from vmkeep.repository.repo import Repository
@@ -141,25 +141,8 @@ def test_multi_disk_vm_with_odd_sizes_a_disk_added_and_a_disk_extended(
 ) -> None:
     si = vcsim.connect()
     vm = find_vm(si, VM)
-    controller = next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualSCSIController))
     odd = 3 * MiB + 4 * 1024 + 512 * 1024  # not a multiple of the 64 KiB block nor of 1 MiB
-
-    def add_disk(unit: int, size: int) -> None:
-        disk = vim.vm.device.VirtualDisk(
-            key=-1,
-            controllerKey=controller.key,
-            unitNumber=unit,
-            capacityInKB=size // 1024,
-            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
-                diskMode="persistent", thinProvisioned=True, fileName="[LocalDS_0]"
-            ),
-        )
-        spec = vim.vm.ConfigSpec(
-            deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk)]
-        )
-        wait_task(vm.ReconfigVM_Task(spec=spec))
-
-    add_disk(1, odd)
+    add_disk(vm, 1, odd)
     rng = random.Random(6)
     with connect(vcsim) as conn:
         for disk in vcsim.api.state(VM).disks:
@@ -167,7 +150,7 @@ def test_multi_disk_vm_with_odd_sizes_a_disk_added_and_a_disk_extended(
         first = back_up(conn, repo)
         assert sorted(d.capacity for d in first.disks) == sorted([16 * MiB, odd])
 
-        add_disk(2, 2 * MiB + 3 * 1024)  # a disk added between backups
+        add_disk(vm, 2, 2 * MiB + 3 * 1024)  # a disk added between backups
         big = next(
             d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk) and d.unitNumber == 0
         )

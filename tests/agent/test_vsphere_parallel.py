@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pyVmomi import vim
 
 from tests.agent.test_jobs import SimResources
-from tests.fixtures.vcsim import Vcsim, find_vm, wait_task
+from tests.fixtures.vcsim import Vcsim, add_disk, find_vm
 from tests.fixtures.vsphere import VM, back_up, connect, disk_bytes, restored_disks, scribble
 from vmkeep.agent.engine.backup import BackupOptions, backup_vm
 from vmkeep.agent.engine.cancel import CancelToken
@@ -32,27 +31,9 @@ MiB = 1 << 20
 GATE_SECONDS = 30.0  # only a failing test waits this long
 
 
-def _add_disk(vc: Vcsim, unit: int, size: int) -> None:
-    vm = find_vm(vc.connect(), VM)
-    controller = next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualSCSIController))
-    disk = vim.vm.device.VirtualDisk(
-        key=-1,
-        controllerKey=controller.key,
-        unitNumber=unit,
-        capacityInKB=size // 1024,
-        backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
-            diskMode="persistent", thinProvisioned=True, fileName="[LocalDS_0]"
-        ),
-    )
-    spec = vim.vm.ConfigSpec(
-        deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk)]
-    )
-    wait_task(vm.ReconfigVM_Task(spec=spec))
-
-
 def _two_disk_vm(vc: Vcsim) -> dict[str, bytes]:
     """VM with a second disk, both written; what each holds, by key."""
-    _add_disk(vc, 1, 12 * MiB + 4096)
+    add_disk(find_vm(vc.connect(), VM), 1, 12 * MiB + 4096)
     rng = random.Random(11)
     for disk in vc.api.state(VM).disks:
         scribble(vc, VM, disk.capacity, rng, 10, key=disk.key, max_len=400_000)
