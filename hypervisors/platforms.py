@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -214,3 +215,11 @@ def platform_class(kind: PlatformKind) -> type[Platform]:
 def open_platform(kind: PlatformKind, endpoint: Endpoint) -> Platform:
     """Connect to the platform of ``kind`` at ``endpoint``."""
     return platform_class(kind).connect(endpoint)
+
+
+@contextmanager
+def login_and_open(kind: PlatformKind, endpoint: Endpoint, vm: str, options: SessionOptions) -> Iterator[BackupSession]:
+    """A login of its own and a backup session on ``vm``: what one of several concurrent tasks runs
+    with (a login is not shared between threads). The session ends, then the login, also on failure."""
+    with open_platform(kind, endpoint) as platform, platform.open_session(vm, options) as session:
+        yield session

@@ -38,7 +38,7 @@ def backup_options(p: argparse.ArgumentParser, workers: int | None = None) -> No
     )
     p.add_argument(
         "--full-every",
-        type=_positive,
+        type=positive,
         metavar="N",
         help="make every Nth backup of a VM an active full (read everything), e.g. 30: what proves a chain, "
         "since the sanity check cannot find one block the change list missed",
@@ -77,7 +77,7 @@ def cmd_backup_image(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:

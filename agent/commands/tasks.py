@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import cast
 
 from vmkeep.hypervisors.base import BackupSession
-from vmkeep.hypervisors.platforms import Platform, SessionOptions
+from vmkeep.hypervisors.platforms import Endpoint, Platform, PlatformKind, SessionOptions, login_and_open
 from vmkeep.repository.points import DiskRecord, RecoveryPoint
 from vmkeep.repository.repo import Repository
 
 from ..engine import cancel
+from ..engine.cancel import CancelToken
 from ..engine.jobs import BackupTask, Resources, RetryPolicy, TaskOptions, VmResult, VmStatus, run_tasks
+from ..engine.leases import SharedRepository
+from ..engine.limits import SnapshotLimits
 from ..engine.progress import Progress
 from ..output import human_duration, human_size, print_json, rate
 from ..terminal import TerminalProgress
@@ -44,31 +47,48 @@ def sanity_sample(args: argparse.Namespace) -> int | None:
     return cast("int | None", args.sanity_sample)
 
 
+SessionOpener = Callable[[BackupTask], AbstractContextManager[BackupSession]]
+
+
 class CliResources(Resources):
-    """One repository opened by the command, and sessions opened by ``open_session``, one task at a time."""
+    """The repository the command opened, and a session per task from ``open_session``.
+
+    Tasks that run at once share one lock on the repository (the first takes it, the last
+    releases it, as the agent's do); tasks that run one after the other each take a fresh one,
+    and every writer is bound to the lock it was made under. With ``limits``, a task waits for a
+    snapshot slot of its host and datastores.
+    """
 
     def __init__(
-        self, repo: Repository, open_session: Callable[[BackupTask], BackupSession], quiet: bool = False
+        self,
+        repo: Repository,
+        open_session: SessionOpener,
+        quiet: bool = False,
+        limits: SnapshotLimits | None = None,
     ) -> None:
-        self._repo = repo
+        self._shared = SharedRepository(repo)
         self._open_session = open_session
         self._quiet = quiet
+        self._limits = limits
 
-    @contextmanager
-    def repository(self, task: BackupTask) -> Iterator[Repository]:
-        with self._repo.lock("backup"):  # a lock per task; its writer is bound to it
-            yield self._repo
+    def repository(self, task: BackupTask) -> AbstractContextManager[Repository]:
+        return self._shared.shared()
 
-    def session(self, task: BackupTask) -> BackupSession:
+    def session(self, task: BackupTask) -> AbstractContextManager[BackupSession]:
         return self._open_session(task)
 
     def progress(self, task: BackupTask) -> Progress:
         return TerminalProgress(quiet=self._quiet)
 
+    def slot(self, task: BackupTask, token: CancelToken) -> AbstractContextManager[object]:
+        return self._limits.slot(task, token) if self._limits is not None else nullcontext()
 
-def run_cli_tasks(tasks: list[BackupTask], resources: Resources, retry: RetryPolicy | None = None) -> list[VmResult]:
-    """Run the command's tasks one after the other; a lone VM's failure is raised as it was."""
-    results = run_tasks(tasks, resources, cancel.root().child("cli"), retry=retry)
+
+def run_cli_tasks(
+    tasks: list[BackupTask], resources: Resources, retry: RetryPolicy | None = None, concurrency: int = 1
+) -> list[VmResult]:
+    """Run the command's tasks, ``concurrency`` at a time; a lone VM's failure is raised as it was."""
+    results = run_tasks(tasks, resources, cancel.root().child("cli"), retry=retry, concurrency=concurrency)
     for result in results:
         if result.status == VmStatus.INTERRUPTED and result.exception is not None:
             raise result.exception
@@ -77,11 +97,20 @@ def run_cli_tasks(tasks: list[BackupTask], resources: Resources, retry: RetryPol
     return results
 
 
-def session_opener(platform: Platform) -> Callable[[BackupTask], BackupSession]:
-    """Opens the task's VM on ``platform`` with the task's options."""
+def session_opener(platform: Platform) -> SessionOpener:
+    """Opens the task's VM on ``platform``, the command's one login (for tasks run one at a time)."""
 
     def open_session(task: BackupTask) -> BackupSession:
         return platform.open_session(task.vm, SessionOptions(quiesce=task.options.quiesce))
+
+    return open_session
+
+
+def login_per_task(kind: PlatformKind, endpoint: Endpoint) -> SessionOpener:
+    """Logs in for each task and opens its VM (for tasks run at once: a login is not shared by threads)."""
+
+    def open_session(task: BackupTask) -> AbstractContextManager[BackupSession]:
+        return login_and_open(kind, endpoint, task.vm, SessionOptions(quiesce=task.options.quiesce))
 
     return open_session
 

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmkeep.hypervisors.exceptions import NeedsAttention, SourceError
 from vmkeep.hypervisors.platforms import Endpoint, Platform, PlatformKind, platform_class
@@ -21,8 +21,13 @@ from .. import secrets
 from ..exceptions import ConfigError
 from ..output import human_size, print_json, print_table
 from . import hyperv
-from .backup import backup_options
+from .backup import backup_options, positive
 from .common import EXIT_FAILURE, EXIT_OK, json_option, open_repository, repo_options
+
+if TYPE_CHECKING:
+    from vmkeep.repository.repo import Repository
+
+    from ..engine.jobs import VmResult
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +149,27 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--retry-delay", type=float, default=60.0, metavar="SECONDS", help="wait between tries (default: 60)"
     )
+    p.add_argument(
+        "--concurrency",
+        type=positive,
+        default=2,
+        metavar="N",
+        help="back up up to N of the VMs at once, each with a login of its own (default: 2)",
+    )
+    p.add_argument(
+        "--snapshots-per-host",
+        type=positive,
+        default=2,
+        metavar="N",
+        help="at most N of the VMs' snapshots at once on one host (default: 2)",
+    )
+    p.add_argument(
+        "--snapshots-per-datastore",
+        type=positive,
+        default=4,
+        metavar="N",
+        help="at most N of the VMs' snapshots at once on one datastore (default: 4)",
+    )
     # Reads are HTTP round trips: more of them in flight than there are CPUs keeps the link busy.
     backup_options(p, workers=max(4, os.cpu_count() or 2))
     p.set_defaults(func=cmd_backup)
@@ -212,19 +238,15 @@ def cmd_vms(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from ..engine.jobs import BackupTask, RetryPolicy
-    from .tasks import CliResources, options_from, print_results, report, run_cli_tasks, session_opener
+    from .tasks import print_results, report
 
     if args.retries < 0 or args.retry_delay < 0:
         raise ConfigError("--retries and --retry-delay cannot be negative")
     vms = list(dict.fromkeys(args.vm))  # each VM once, in the order given
     kind: PlatformKind = args.platform
     endpoint = endpoint_from(args, kind)  # a refused URL or TLS option fails before the repository is opened
-    with open_repository(args) as repo, platform_class(kind).connect(endpoint) as platform:
-        resources = CliResources(repo, session_opener(platform), args.quiet)
-        options = options_from(args)
-        tasks = [BackupTask("backup", vm, args.server, repo.location, options) for vm in vms]
-        results = run_cli_tasks(tasks, resources, RetryPolicy(args.retries, args.retry_delay))
+    with open_repository(args) as repo:
+        results = _run_backups(args, repo, kind, endpoint, vms)
     points = [r.point for r in results if r.point is not None]
     failures = [{"vm": r.vm, "error": r.error} for r in results if r.error is not None]
     if args.json:
@@ -237,3 +259,29 @@ def cmd_backup(args: argparse.Namespace) -> int:
         for failure in failures:
             print(f"{failure['vm']}: FAILED: {failure['error']}")
     return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _run_backups(
+    args: argparse.Namespace, repo: Repository, kind: PlatformKind, endpoint: Endpoint, vms: list[str]
+) -> list[VmResult]:
+    """Back up ``vms``: one at a time on the command's login, or ``--concurrency`` at a time, each task
+    logged in on its own and holding a snapshot slot of its host and datastores (as the agent's jobs do)."""
+    from ..engine.jobs import BackupTask, RetryPolicy
+    from ..engine.limits import SnapshotLimits
+    from .tasks import CliResources, login_per_task, options_from, run_cli_tasks, session_opener
+
+    options = options_from(args)
+    retry = RetryPolicy(args.retries, args.retry_delay)
+    with platform_class(kind).connect(endpoint) as platform:  # a wrong password or host fails here, once
+        if len(vms) == 1 or args.concurrency == 1:
+            tasks = [BackupTask("backup", vm, args.server, repo.location, options) for vm in vms]
+            return run_cli_tasks(tasks, CliResources(repo, session_opener(platform), args.quiet), retry)
+        placement = {v.name: v for v in platform.list_vms()}
+    tasks = []
+    for vm in vms:
+        where = placement.get(vm)  # a VM not found fails in its own task, as it would alone
+        host, datastores = (where.host, where.datastores) if where is not None else ("", ())
+        tasks.append(BackupTask("backup", vm, args.server, repo.location, options, host, datastores))
+    limits = SnapshotLimits(args.snapshots_per_host, args.snapshots_per_datastore)
+    resources = CliResources(repo, login_per_task(kind, endpoint), args.quiet, limits)
+    return run_cli_tasks(tasks, resources, retry, concurrency=args.concurrency)

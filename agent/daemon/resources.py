@@ -64,16 +64,14 @@ class AgentResources(Resources):
     @contextmanager
     def session(self, task: BackupTask) -> Iterator[BackupSession]:
         """A login to the task's source (its platform from the registry), and a session on its VM."""
-        from vmkeep.hypervisors.platforms import SessionOptions, open_platform
+        from vmkeep.hypervisors.platforms import SessionOptions, login_and_open
 
         source = self.cfg.config.sources[task.source]
         if self._on_session is not None:
             self._on_session(task.job, task.vm, True)
         try:
-            with (
-                open_platform(source_kind(source), source_endpoint(task.source, source)) as platform,
-                platform.open_session(task.vm, SessionOptions(quiesce=task.options.quiesce)) as session,
-            ):
+            options = SessionOptions(quiesce=task.options.quiesce)
+            with login_and_open(source_kind(source), source_endpoint(task.source, source), task.vm, options) as session:
                 yield session
         finally:
             if self._on_session is not None:

@@ -46,8 +46,18 @@ def test_vms_backup_and_restore_through_the_cli(
 
     first = backed_up(run_vmkeep("backup", *options, "--vm", VM, "--repo", repo_path, "--json", env=env))
     random_writes(host, VM, 2, seed=22)
-    second = backed_up(run_vmkeep("backup", *options, "--vm", VM, "--repo", repo_path, "--json", env=env))
-    assert (first["kind"], second["kind"]) == ("full", "incremental")
+    host.create_vm("db01", (4 * MiB,), cpu=1, memory_mb=1024)
+    random_writes(host, "db01", 4, seed=23)
+    # Two VMs in one command run at once, each task logged in on its own.
+    both = run_vmkeep("backup", *options, "--vm", VM, "--vm", "db01", "--repo", repo_path, "--json", env=env)
+    assert both.code == 0, both.err
+    second, other = json.loads(both.out)["points"]
+    assert (first["kind"], second["kind"], other["kind"]) == ("full", "incremental", "full")
+    assert (second["vm"], other["vm"]) == (VM, "db01")
+    db01 = run_vmkeep("restore", "latest:db01", "--repo", repo_path, "--to-dir", tmp_path / "db01", env=env)
+    assert db01.code == 0, db01.err
+    [db01_image] = (tmp_path / "db01").iterdir()
+    assert db01_image.read_bytes() == host.guest_view("db01")
 
     restored = run_vmkeep(
         "restore",

@@ -6,6 +6,7 @@ Each restore is compared byte for byte with the disks as the snapshot froze them
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from pathlib import Path
@@ -15,7 +16,16 @@ import pytest
 
 from tests.agent.test_jobs import SimResources
 from tests.fixtures.vcsim import Vcsim, add_disk, find_vm
-from tests.fixtures.vsphere import VM, back_up, connect, disk_bytes, restored_disks, scribble
+from tests.fixtures.vsphere import (
+    VM,
+    back_up,
+    cli_connection,
+    connect,
+    disk_bytes,
+    restored_disks,
+    run_cli,
+    scribble,
+)
 from vmkeep.agent.engine.backup import BackupOptions, backup_vm
 from vmkeep.agent.engine.cancel import CancelToken
 from vmkeep.agent.engine.jobs import BackupTask, TaskOptions, VmStatus, run_tasks
@@ -148,3 +158,36 @@ def test_the_vms_of_a_job_are_backed_up_at_once_up_to_the_host_limit(
         assert result.point is not None
         [disk] = result.point.disks
         assert restored_disks(repo, result.point, tmp_path / result.vm) == {disk.key: images[result.vm]}
+
+
+def test_the_cli_backs_up_its_vms_at_once_within_the_snapshot_limit(
+    vcsim: Vcsim, repo_path: Path, tmp_path: Path
+) -> None:
+    """``vmkeep backup --vm A --vm B`` runs both VMs at once (each with its own login) and keeps to
+    --snapshots-per-host: the simulator's record shows both snapshots at once, then never two."""
+    vms = ["DC0_H0_VM0", "DC0_H0_VM1"]
+    si = vcsim.connect()
+    host = find_vm(si, vms[0]).runtime.host._moId
+    assert find_vm(si, vms[1]).runtime.host._moId == host
+    rng = random.Random(17)
+    for vm in vms:
+        state = vcsim.api.state(vm).disks[0]
+        scribble(vcsim, vm, state.capacity, rng, 5, max_len=300_000)
+    # A slow datastore: each read takes 0.5 s, so a VM's snapshot outlives the start of the other's.
+    vcsim.api.delay(0.5, path_contains="-flat.vmdk", count=100_000)
+    base = ["backup", *cli_connection(vcsim), "--vm", vms[0], "--vm", vms[1], "--repo", repo_path, "--json"]
+    for per_host, most_at_once in ((2, 2), (1, 1)):
+        images = {vm: disk_bytes(vcsim, vm, vcsim.api.state(vm).disks[0].capacity) for vm in vms}
+        vcsim.api.reset_snapshot_record()
+        result = run_cli(vcsim, *base, "--snapshots-per-host", str(per_host))
+        assert result.code == 0, result.err
+        assert vcsim.api.snapshots()[host] == (0, most_at_once)
+        doc = json.loads(result.out)
+        assert [r["status"] for r in doc["results"]] == ["succeeded", "succeeded"]
+        with Repository.open(repo_path, None) as repo:
+            for entry in doc["points"]:
+                point = repo.load_point(entry["id"])
+                [disk] = point.disks
+                assert restored_disks(repo, point, tmp_path / point.id) == {disk.key: images[point.vm]}
+        for vm in vms:  # the next round backs up something new
+            scribble(vcsim, vm, vcsim.api.state(vm).disks[0].capacity, rng, 2, max_len=100_000)
