@@ -18,9 +18,9 @@ limits in the same round, over the same bytes:
 - both at once, as a backup must do them on the same cores: the 4 ranged ``curl`` downloads, each
   piped into ``zstd -1``;
 - the simulator's own snapshot: creating and removing a snapshot of the VM, timed from the
-  client. vcsim copies the disk's allocated blocks into a new layer to create one (ESXi starts
-  an empty delta file instead), so this share of the backup's time is the simulator's, and the
-  report shows the backup with it taken off.
+  client. Like ESXi, vcsim copies nothing to create one (its running layer's copy of the frozen
+  disk is made only if something writes to it, as an ESXi delta grows), so this is mostly the
+  two SOAP tasks; the report shows the backup with it taken off too.
 
 A full backup must move the bytes and compress them, so its limit is the slower of the transport
 and the compression; the target (a full backup within 1.3x of the limit) is judged against that
@@ -87,9 +87,8 @@ def run_backup(endpoint: object, tls_sha256: str, repo: Path, password: str) -> 
 
 
 def time_snapshot(endpoint: object, tls_sha256: str) -> float:
-    """Seconds to create and remove a snapshot of the VM: the simulator copies the disk's allocated
-    blocks into a new layer (real ESXi starts a delta file in constant time), so this share of an
-    incremental's fixed cost belongs to the simulator."""
+    """Seconds to create and remove a snapshot of the VM, as a backup does (two SOAP tasks and the
+    simulator's bookkeeping): this share of a backup's fixed cost is the simulator's."""
     from vmkeep.hypervisors.tls import TlsPolicy
     from vmkeep.hypervisors.vsphere.connection import ConnectionSettings, VSphereConnection
     from vmkeep.hypervisors.vsphere.session import VSphereSession

@@ -66,6 +66,9 @@ func (x *ext) afterClone(src *vmState, task *simulator.Task) error {
 		if from == nil || from.capacity != to.capacity {
 			continue
 		}
+		if err := x.own(from); err != nil {
+			return err
+		}
 		srcPath, err := flatPath(from.live().file)
 		if err != nil {
 			return err

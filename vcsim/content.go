@@ -15,10 +15,14 @@ import (
 
 // Disk content: every layer's "-flat.vmdk" is a complete, sparse raw image of
 // the disk as it was when the layer was frozen (or is now, for the running
-// layer). A snapshot copies the running layer's allocated blocks into a new
-// child file, so the frozen file is never written again; removing a snapshot
-// renames the child over it (O(1); the replaced image is freed in the background);
-// reverting copies the frozen image back.
+// layer). A snapshot freezes the running layer's file and starts a new child
+// whose copy of it is made only when the child is first read or written (x.own),
+// so the frozen file is never written again. ESXi starts an empty delta file; a
+// backup reads the frozen layer and removes the snapshot without touching the
+// child, so here too a snapshot costs O(1) unless the guest writes meanwhile.
+// Removing a snapshot renames the child over the frozen file (O(1); the replaced
+// image is freed in the background), or drops a child never copied; reverting
+// copies the frozen image back.
 
 const (
 	seekData = 3 // SEEK_DATA
@@ -173,6 +177,9 @@ func (x *ext) guestWrite(d *disk, off int64, data []byte) error {
 	if off < 0 || off+int64(len(data)) > d.capacity {
 		return fmt.Errorf("write of %d bytes at %d is outside the disk (capacity %d)", len(data), off, d.capacity)
 	}
+	if err := x.own(d); err != nil {
+		return err
+	}
 	p, err := flatPath(d.live().file)
 	if err != nil {
 		return err
@@ -193,9 +200,12 @@ func (x *ext) guestWrite(d *disk, off int64, data []byte) error {
 }
 
 // guestRead reads from the running layer.
-func guestRead(d *disk, off, n int64) ([]byte, error) {
+func (x *ext) guestRead(d *disk, off, n int64) ([]byte, error) {
 	if off < 0 || n < 0 || off+n > d.capacity {
 		return nil, fmt.Errorf("read of %d bytes at %d is outside the disk (capacity %d)", n, off, d.capacity)
+	}
+	if err := x.own(d); err != nil {
+		return nil, err
 	}
 	p, err := flatPath(d.live().file)
 	if err != nil {
@@ -217,15 +227,36 @@ func guestRead(d *disk, off, n int64) ([]byte, error) {
 	return buf, nil
 }
 
-// freeze is a snapshot of one disk: the running layer becomes read-only and
-// belongs to snap; a new child, holding a copy, takes later writes.
-func (x *ext) freeze(d *disk, snap types.ManagedObjectReference) error {
+// own makes the running layer's copy of the layer below if it is still pending:
+// called before anything reads or writes the running layer's file.
+func (x *ext) own(d *disk) error {
 	live := d.live()
-	child, err := childName(d)
+	if !live.pending {
+		return nil
+	}
+	src, err := flatPath(d.layers[len(d.layers)-2].file)
 	if err != nil {
 		return err
 	}
-	src, err := flatPath(live.file)
+	dst, err := flatPath(live.file)
+	if err != nil {
+		return err
+	}
+	if err := copyAllocated(src, dst, d.alloc, x.blockSize, d.capacity); err != nil {
+		return err
+	}
+	live.pending = false
+	return nil
+}
+
+// freeze is a snapshot of one disk: the running layer becomes read-only and
+// belongs to snap; a new child takes later writes, its copy made when first needed.
+func (x *ext) freeze(d *disk, snap types.ManagedObjectReference) error {
+	if err := x.own(d); err != nil { // only the running layer may be pending
+		return err
+	}
+	live := d.live()
+	child, err := childName(d)
 	if err != nil {
 		return err
 	}
@@ -233,7 +264,7 @@ func (x *ext) freeze(d *disk, snap types.ManagedObjectReference) error {
 	if err != nil {
 		return err
 	}
-	if err := copyAllocated(src, dst, d.alloc, x.blockSize, d.capacity); err != nil {
+	if err := ensureSize(dst, d.capacity); err != nil { // a placeholder: listings show the file
 		return err
 	}
 	fz := &frozen{capacity: d.capacity, alloc: append([]bool(nil), d.alloc...)}
@@ -244,7 +275,7 @@ func (x *ext) freeze(d *disk, snap types.ManagedObjectReference) error {
 		fz.mod = append([]uint32(nil), d.mod...)
 	}
 	live.snap, live.fz = snap, fz
-	d.layers = append(d.layers, &layer{file: child})
+	d.layers = append(d.layers, &layer{file: child, pending: true})
 	return x.writeDescriptor(child, d, d.capacity)
 }
 
@@ -264,24 +295,31 @@ func (x *ext) consolidate(d *disk, snap types.ManagedObjectReference) error {
 	if err != nil {
 		return err
 	}
-	// The rename drops the frozen image's last name. Freeing its blocks (an unlink of a
-	// whole disk's data, up to a second here) is the simulator's artefact: ESXi merges a
-	// small delta instead. An open handle keeps the inode alive past the rename, and closing
-	// it in the background frees the blocks off the RemoveSnapshot call.
-	old, oerr := os.Open(to)
-	if err := os.Rename(from, to); err != nil {
-		if oerr == nil {
-			_ = old.Close()
+	if upper.pending {
+		// Never copied: it holds what the frozen file holds, which keeps its name.
+		if err := os.Remove(from); err != nil && !os.IsNotExist(err) {
+			return err
 		}
-		return err
-	}
-	if oerr == nil {
-		go func() { _ = old.Close() }()
+	} else {
+		// The rename drops the frozen image's last name. Freeing its blocks (an unlink of a
+		// whole disk's data, up to a second here) is the simulator's artefact: ESXi merges a
+		// small delta instead. An open handle keeps the inode alive past the rename, and
+		// closing it in the background frees the blocks off the RemoveSnapshot call.
+		old, oerr := os.Open(to)
+		if err := os.Rename(from, to); err != nil {
+			if oerr == nil {
+				_ = old.Close()
+			}
+			return err
+		}
+		if oerr == nil {
+			go func() { _ = old.Close() }()
+		}
 	}
 	if desc, err := localPath(upper.file); err == nil {
 		_ = os.Remove(desc)
 	}
-	lower.snap, lower.fz = upper.snap, upper.fz
+	lower.snap, lower.fz, lower.pending = upper.snap, upper.fz, false
 	d.layers = append(d.layers[:i+1], d.layers[i+2:]...)
 	capacity := d.capacity
 	if lower.fz != nil {
@@ -306,13 +344,15 @@ func (x *ext) revert(d *disk) error {
 	if err != nil {
 		return err
 	}
-	tmp := dst + ".revert"
-	if err := copyAllocated(src, tmp, fz.alloc, x.blockSize, fz.capacity); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		_ = os.Remove(tmp)
-		return err
+	if !live.pending { // a pending layer holds the frozen image already
+		tmp := dst + ".revert"
+		if err := copyAllocated(src, tmp, fz.alloc, x.blockSize, fz.capacity); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			_ = os.Remove(tmp)
+			return err
+		}
 	}
 	if d.mod != nil {
 		// Every block written since the snapshot changes (back) again now.
@@ -337,6 +377,9 @@ func (x *ext) revert(d *disk) error {
 func (x *ext) extend(d *disk, capacity int64) error {
 	if capacity <= d.capacity {
 		return nil
+	}
+	if err := x.own(d); err != nil {
+		return err
 	}
 	p, err := flatPath(d.live().file)
 	if err != nil {
@@ -379,6 +422,7 @@ func (x *ext) replaceContent(d *disk, uploaded string) error {
 	if err := os.Rename(uploaded, dst); err != nil {
 		return err
 	}
+	d.live().pending = false // the upload is its content
 	for b := range alloc {
 		if d.mod != nil && (alloc[b] || d.alloc[b]) {
 			d.mod[b] = d.gen + 1

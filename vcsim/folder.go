@@ -117,6 +117,13 @@ func (x *ext) folderGet(w http.ResponseWriter, r *http.Request, local string, dr
 	// Open under x.mu so the layer cannot move meanwhile; serve without it. An
 	// open file keeps its bytes even if a consolidation renames over it.
 	x.mu.Lock()
+	if t := x.target(local); t.layer >= 0 && t.d.layers[t.layer].pending {
+		if err := x.own(t.d); err != nil {
+			x.mu.Unlock()
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+	}
 	f, err := os.Open(local)
 	x.mu.Unlock()
 	if err != nil {

@@ -57,6 +57,10 @@ type layer struct {
 	file string
 	snap types.ManagedObjectReference // the snapshot that froze it; zero for the running layer
 	fz   *frozen                      // what the tracking said at freeze time; nil for the running layer
+	// pending: a running layer whose copy of the layer below is not made yet (its flat file is
+	// an empty sparse placeholder). Nothing has written to it, so it holds what the layer below
+	// holds; x.own makes the copy before anything reads or writes the file.
+	pending bool
 }
 
 // frozen is a disk's tracking state captured when a snapshot froze a layer.

@@ -195,7 +195,7 @@ func (x *ext) apiRead(w http.ResponseWriter, r *http.Request) error {
 	_, _, d, err := x.diskOf(r)
 	var data []byte
 	if err == nil {
-		data, err = guestRead(d, off, n)
+		data, err = x.guestRead(d, off, n)
 		if err != nil {
 			err = badRequest("%v", err)
 		}
@@ -381,6 +381,9 @@ func (x *ext) apiState(w http.ResponseWriter, r *http.Request) error {
 		}
 		for _, k := range st.keys {
 			d := st.disks[k]
+			if err := x.own(d); err != nil { // a test may read the running layer's file itself
+				return err
+			}
 			ds, flat := dsRelative(d.live().file)
 			dj := diskJSON{Key: k, UUID: d.uuid, Capacity: d.capacity, File: d.live().file, Datastore: ds, FlatPath: flat,
 				AllocatedExtents: [][2]int64{}}

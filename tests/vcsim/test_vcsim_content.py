@@ -385,3 +385,42 @@ def test_clone_copies_content_and_leaves_the_source_alone(vcsim: Vcsim) -> None:
     vcsim.api.write("clone1", 0, b"clone only")
     assert vcsim.api.read(VM, 0, 10) == b"\0" * 10
     assert _get_all(s, backing_url(vcsim, sdisk.backing)) == source_image
+
+
+def _flat_file(vc: Vcsim, name: str) -> Any:
+    [path] = vc.datastore_dir.glob(f"*LocalDS_0*/{VM}/{name}")
+    return path
+
+
+def test_a_snapshot_copies_nothing_until_the_running_layer_is_used(vcsim: Vcsim) -> None:
+    """As ESXi starts an empty delta, a snapshot costs no copy of the disk: the running layer is a
+    placeholder until it is first read or written, and a snapshot removed before that drops it."""
+    _si, vm, s = _vm(vcsim)
+    rng = random.Random(3)
+    vcsim.api.write(VM, 0, rng.randbytes(4 * MiB))
+    image = vcsim.api.read(VM, 0, 16 * MiB)
+    first = snapshot(vm, "one")
+    second = snapshot(vm, "two")  # the first child, never used, is frozen as it is
+    child = _flat_file(vcsim, "disk1-000002-flat.vmdk")
+    assert child.stat().st_size == 16 * MiB
+    assert child.stat().st_blocks == 0, "the snapshot copied the disk"
+    for snap in (first, second):
+        assert _get_all(s, backing_url(vcsim, disks(snap.config)[0].backing)) == image
+    remove_snapshot(first)
+    remove_snapshot(second)
+    assert disks(vm.config)[0].backing.fileName == BASE
+    assert sorted(p.name for p in _flat_file(vcsim, "disk1-flat.vmdk").parent.glob("*-flat.vmdk")) == [
+        "disk1-flat.vmdk"
+    ]
+    assert vcsim.api.read(VM, 0, 16 * MiB) == image
+
+    # Reverting to a snapshot nothing was written after keeps the disk as it is.
+    snap = snapshot(vm, "user")
+    wait_task(snap.RevertToSnapshot_Task())
+    assert vcsim.api.read(VM, 0, 16 * MiB) == image
+    # The running layer of a powered-off VM is read whole over /folder: its copy is made first.
+    set_power(vm, False)
+    assert _get_all(s, backing_url(vcsim, disks(vm.config)[0].backing)) == image
+    vcsim.api.write(VM, 5, b"after")
+    assert _get_all(s, backing_url(vcsim, disks(snap.config)[0].backing)) == image
+    assert vcsim.api.read(VM, 0, 16) == image[:5] + b"after" + image[10:16]
