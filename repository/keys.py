@@ -18,31 +18,25 @@ copy, ``keyscopy``; opening falls back to it when ``keys`` is missing or damaged
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import logging
 import os
-import threading
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from .backend import Backend
 from .exceptions import CorruptRepository, PassphraseRequired, RepositoryError, WrongPassphrase
 from .format import FORMAT, Encryption
-from .validate import hex_id, json_document, json_object, obj, typed
+from .kdf import KEYS_FILE, SALT_SIZE, KdfParams
+from .validate import base64_field, hex_id, json_document, json_object, obj, typed
 
-KEYS_FILE = "keys"
 KEYS_COPY_FILE = "keyscopy"  # the second copy (the backend's top-level names are letters only)
 KEYS_VERSION = 2  # written; version 1 (no checksum, no repo_id) is still read
 _WRAP_AAD = b"vmkeep keys v1"
-_SALT_SIZE = 16
 _REWRITE = "'vmkeep key export --file F' then 'vmkeep key import F'"
 
 log = logging.getLogger(__name__)
@@ -51,103 +45,6 @@ log = logging.getLogger(__name__)
 # The names older code imported.
 ENCRYPTION_NONE = Encryption.NONE
 ENCRYPTION_AES_GCM = Encryption.AES_256_GCM
-
-
-@dataclass(frozen=True)
-class KdfParams:
-    """Argon2id parameters (RFC 9106's second recommended option, 64 MiB)."""
-
-    salt: bytes
-    iterations: int = 3
-    memory_kib: int = 64 * 1024
-    lanes: int = 4
-
-    def derive(self, passphrase: bytes) -> bytes:
-        """The wrapping key: taken from a derivation ``start_deriving`` began, else computed now."""
-        with _started_lock:
-            started = _started.pop((self, passphrase), None)
-        if started is not None:
-            try:
-                return started.result()
-            except Exception:  # computed again below, where the error is raised as usual
-                log.debug("the early key derivation failed; deriving again")
-        return self._compute(passphrase)
-
-    def _compute(self, passphrase: bytes) -> bytes:
-        with _argon2_lock:  # one derivation at a time in a process: see _argon2_lock
-            return Argon2id(
-                salt=self.salt,
-                length=FORMAT.KEY_SIZE,
-                iterations=self.iterations,
-                lanes=self.lanes,
-                memory_cost=self.memory_kib,
-            ).derive(passphrase)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "algorithm": "argon2id",
-            "salt": _b64(self.salt),
-            "iterations": self.iterations,
-            "memory_kib": self.memory_kib,
-            "lanes": self.lanes,
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> KdfParams:
-        """Checked KDF parameters; ValueError, TypeError or KeyError say which is wrong."""
-        if typed(doc, "algorithm", str) != "argon2id":
-            raise ValueError(f"unknown KDF {doc['algorithm']!r}")
-        params = cls(
-            salt=_base64(doc, "salt", _SALT_SIZE),
-            iterations=_integer(doc, "iterations", 1, 1000),
-            memory_kib=_integer(doc, "memory_kib", 8, 16 * 1024 * 1024),
-            lanes=_integer(doc, "lanes", 1, 255),
-        )
-        if params.memory_kib < 8 * params.lanes:
-            raise ValueError("memory_kib is under 8 per lane")
-        return params
-
-
-# Two Argon2id derivations running at once in one process never return (seen with cryptography
-# 50.0.2 and its OpenSSL 4.0.3: both threads wait forever inside derive()), and each one wants
-# 64 MiB and a core anyway. So derivations take turns, whoever starts them: the daemon opening two
-# repositories, a fleet worker's threads, or a command and its early derivation (start_deriving).
-_argon2_lock = threading.Lock()
-
-# Derivations begun early (start_deriving), each taken once by KdfParams.derive: a process-local
-# hand-over, not a cache; nothing derived is kept once it was used.
-_started: dict[tuple[KdfParams, bytes], Future[bytes]] = {}
-_started_lock = threading.Lock()
-
-
-def start_deriving(repository: Path, passphrase: bytes) -> None:
-    """Begin deriving the wrapping key of the repository at ``repository`` on a thread, and return.
-
-    Argon2id takes 0.1-0.3 s of a command's start-up, and it releases the GIL: a command that
-    starts it as soon as its arguments are parsed loads its modules meanwhile. Best effort: an
-    unreadable, damaged or unencrypted ``keys`` file starts nothing, and opening the repository
-    reads and checks the file as always; a wrong passphrase fails there as always.
-    """
-    try:
-        document = KeysDocument.parse((repository / KEYS_FILE).read_bytes(), KEYS_FILE)
-    except (OSError, RepositoryError):
-        return
-    kdf = document.kdf
-    if kdf is None or not passphrase:
-        return
-    future: Future[bytes] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(kdf._compute(passphrase))
-        except Exception as exc:  # handed over to derive(), which computes again
-            future.set_exception(exc)
-
-    with _started_lock:
-        if (kdf, passphrase) in _started:
-            return
-        _started[(kdf, passphrase)] = future
-    threading.Thread(target=run, name="vmkeep-kdf", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -186,7 +83,7 @@ class KeysDocument:
             return cls(KEYS_VERSION, repo_id, Encryption.NONE, id_key=keys.id_key)
         if not passphrase:
             raise PassphraseRequired("an encrypted repository needs a passphrase")
-        kdf = KdfParams(salt=os.urandom(_SALT_SIZE))
+        kdf = KdfParams(salt=os.urandom(SALT_SIZE))
         nonce = os.urandom(FORMAT.NONCE_SIZE)
         secret = json.dumps({"id_key": _b64(keys.id_key), "data_key": _b64(keys.data_key)}).encode()
         wrapped = nonce + AESGCM(kdf.derive(passphrase)).encrypt(nonce, secret, _WRAP_AAD)
@@ -210,7 +107,8 @@ class KeysDocument:
             raise WrongPassphrase("wrong passphrase for this repository") from None
         try:  # authenticated: only a bug could have written it wrong, but still no TypeError
             inner = json_object(secret)
-            return Keys(_base64(inner, "id_key", FORMAT.KEY_SIZE), _base64(inner, "data_key", FORMAT.KEY_SIZE))
+            size = FORMAT.KEY_SIZE
+            return Keys(base64_field(inner, "id_key", size), base64_field(inner, "data_key", size))
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptRepository(f"{where}: the wrapped keys are malformed ({_reason(exc)})") from None
 
@@ -266,7 +164,7 @@ class KeysDocument:
             repo_id = hex_id(doc, "repo_id", 16) if version >= 2 else None
             encryption = typed(doc, "encryption", str)
             if encryption == Encryption.NONE:
-                return cls(version, repo_id, Encryption.NONE, id_key=_base64(doc, "id_key", FORMAT.KEY_SIZE))
+                return cls(version, repo_id, Encryption.NONE, id_key=base64_field(doc, "id_key", FORMAT.KEY_SIZE))
             if encryption != Encryption.AES_256_GCM:
                 raise ValueError(f"unknown encryption {encryption!r}")
             kdf_doc = obj(doc, "kdf")
@@ -274,7 +172,7 @@ class KeysDocument:
                 kdf = KdfParams.from_json(kdf_doc)
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"kdf: {_reason(exc)}") from None
-            wrapped = _base64(doc, "wrapped", None)
+            wrapped = base64_field(doc, "wrapped", None)
             if len(wrapped) < FORMAT.NONCE_SIZE + FORMAT.TAG_SIZE + 2 * FORMAT.KEY_SIZE:
                 raise ValueError(f"wrapped keys are too short ({len(wrapped)} bytes)")
             return cls(version, repo_id, Encryption.AES_256_GCM, kdf=kdf, wrapped=wrapped)
@@ -359,26 +257,5 @@ def _reason(exc: Exception) -> object:
     return exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
 
 
-def _integer(doc: dict[str, Any], key: str, low: int, high: int) -> int:
-    value = typed(doc, key, int)
-    if not low <= value <= high:
-        raise ValueError(f"{key} is {value}, not from {low} to {high}")
-    return value
-
-
-def _base64(doc: dict[str, Any], key: str, size: int | None) -> bytes:
-    try:
-        data = _unb64(typed(doc, key, str))
-    except (binascii.Error, UnicodeError):
-        raise ValueError(f"{key} is not base64") from None
-    if size is not None and len(data) != size:
-        raise ValueError(f"{key} is {len(data)} bytes, not {size}")
-    return data
-
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"), validate=True)

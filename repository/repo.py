@@ -26,7 +26,8 @@ from .exceptions import (
 )
 from .format import SealedKind
 from .index import BlockIndex, IndexEntry, decode_index
-from .keys import KEYS_COPY_FILE, KEYS_FILE, Keys, KeysDocument, open_keys, write_keys
+from .kdf import KEYS_FILE
+from .keys import KEYS_COPY_FILE, Keys, KeysDocument, open_keys, write_keys
 from .locks import LOCK_DIR, Lock
 from .packs import PACK_DIR, pack_path
 from .points import POINT_DIR, RecoveryPoint

@@ -6,6 +6,8 @@ record parsers turn those into ``CorruptRepository`` naming the file.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any, TypeVar
 
@@ -76,3 +78,14 @@ def hex_id(doc: dict[str, Any], key: str, size: int = 32) -> str:
     if len(value) != 2 * size or value.strip("0123456789abcdef"):
         raise TypeError(f"{key} is not {size} bytes of lower-case hex")
     return value
+
+
+def base64_field(doc: dict[str, Any], key: str, size: int | None) -> bytes:
+    """``doc[key]`` decoded from base64, of ``size`` bytes unless ``size`` is None."""
+    try:
+        data = base64.b64decode(typed(doc, key, str).encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeError):
+        raise ValueError(f"{key} is not base64") from None
+    if size is not None and len(data) != size:
+        raise ValueError(f"{key} is {len(data)} bytes, not {size}")
+    return data

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from .damage import DamagedCopy, DamageRecord
 from .exceptions import CorruptRepository, FileMissing, RepositoryError
 from .index import BlobLocation, BlockIndex, IndexEntry
-from .keys import KEYS_COPY_FILE, KEYS_FILE, KeysDocument
+from .kdf import KEYS_FILE
+from .keys import KEYS_COPY_FILE, KeysDocument
 from .locks import read_locks
 from .packs import PACK_DIR, pack_name, pack_name_of, pack_path
 from .repo import Repository

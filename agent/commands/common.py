@@ -114,7 +114,7 @@ def start_unlocking(args: argparse.Namespace) -> None:
     except (ConfigError, OSError):
         return
     if passphrase:
-        from vmkeep.repository.keys import start_deriving
+        from vmkeep.repository.kdf import start_deriving
 
         start_deriving(path, passphrase)
 

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from vmkeep.repository.escrow import import_keys, parse_export
-from vmkeep.repository.keys import KEYS_COPY_FILE, KEYS_FILE, KeysDocument, write_keys
+from vmkeep.repository.kdf import KEYS_FILE
+from vmkeep.repository.keys import KEYS_COPY_FILE, KeysDocument, write_keys
 from vmkeep.repository.repo import Repository
 
 from .. import secrets

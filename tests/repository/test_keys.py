@@ -15,9 +15,10 @@ import pytest
 
 from tests.fixtures.keys import flip_byte_in, resign, write_version_1
 from tests.fixtures.repos import small_config
-from vmkeep.repository import keys as keys_module
+from vmkeep.repository import kdf as kdf_module
 from vmkeep.repository.exceptions import CorruptRepository, PassphraseRequired, WrongPassphrase
-from vmkeep.repository.keys import KEYS_COPY_FILE, KEYS_FILE, KeysDocument
+from vmkeep.repository.kdf import KEYS_FILE
+from vmkeep.repository.keys import KEYS_COPY_FILE, KeysDocument
 from vmkeep.repository.repo import Repository
 
 PASSPHRASE = b"correct horse"
@@ -221,28 +222,28 @@ def test_every_flipped_bit_in_keys_is_found_as_damage(encrypted_repo: Path) -> N
 
 def test_a_derivation_started_early_is_handed_to_open_once(encrypted_repo: Path) -> None:
     """start_deriving (what the CLI calls once its arguments are parsed) hands its key to the next open."""
-    keys_module.start_deriving(encrypted_repo, PASSPHRASE)
-    assert len(keys_module._started) == 1
+    kdf_module.start_deriving(encrypted_repo, PASSPHRASE)
+    assert len(kdf_module._started) == 1
     with Repository.open(encrypted_repo, PASSPHRASE) as repo:
         assert repo.config.encryption == "aes-256-gcm"
-    assert keys_module._started == {}  # taken, not kept: the next open derives afresh
+    assert kdf_module._started == {}  # taken, not kept: the next open derives afresh
     Repository.open(encrypted_repo, PASSPHRASE).close()
 
 
 def test_an_early_derivation_changes_nothing_about_a_wrong_passphrase(encrypted_repo: Path) -> None:
-    keys_module.start_deriving(encrypted_repo, b"wrong")
+    kdf_module.start_deriving(encrypted_repo, b"wrong")
     with pytest.raises(WrongPassphrase):
         Repository.open(encrypted_repo, b"wrong")
-    keys_module.start_deriving(encrypted_repo, b"wrong")  # derived for one passphrase, opened with another
+    kdf_module.start_deriving(encrypted_repo, b"wrong")  # derived for one passphrase, opened with another
     Repository.open(encrypted_repo, PASSPHRASE).close()
-    keys_module._started.clear()
-    keys_module.start_deriving(encrypted_repo, PASSPHRASE)
+    kdf_module._started.clear()
+    kdf_module.start_deriving(encrypted_repo, PASSPHRASE)
     with pytest.raises(WrongPassphrase):
         Repository.open(encrypted_repo, b"wrong")
-    keys_module._started.clear()
+    kdf_module._started.clear()
 
 
-@pytest.mark.parametrize("damage", ["missing", "garbage", "unencrypted"])
+@pytest.mark.parametrize("damage", ["missing", "garbage", "unencrypted", "out of bounds"])
 def test_nothing_is_started_for_keys_that_cannot_be_derived(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "repo"
     Repository.init(
@@ -252,9 +253,13 @@ def test_nothing_is_started_for_keys_that_cannot_be_derived(tmp_path: Path, dama
         (path / KEYS_FILE).unlink()
     elif damage == "garbage":
         (path / KEYS_FILE).write_bytes(b"not json")
-    keys_module.start_deriving(path, PASSPHRASE)  # never raises: opening reports the problem
-    keys_module.start_deriving(tmp_path / "nowhere", PASSPHRASE)
-    assert keys_module._started == {}
+    elif damage == "out of bounds":  # the early start reads the parameters unchecked by the checksum
+        doc = json.loads((path / KEYS_FILE).read_bytes())
+        doc["kdf"]["memory_kib"] = 1 << 40
+        (path / KEYS_FILE).write_text(json.dumps(doc))
+    kdf_module.start_deriving(path, PASSPHRASE)  # never raises: opening reports the problem
+    kdf_module.start_deriving(tmp_path / "nowhere", PASSPHRASE)
+    assert kdf_module._started == {}
 
 
 def test_repositories_opened_on_several_threads_at_once_all_open(tmp_path: Path) -> None:
