@@ -35,6 +35,7 @@ IDEMPOTENT = frozenset(
         Template.DESTROY_REFERENCE_POINT,
         Template.REMOVE_CHECKPOINT,
         Template.REMOVE_VM,
+        Template.START_VM,  # starts only a VM that is not running
     }
 )
 

@@ -126,8 +126,6 @@ class HypervPlatform(Platform):
         progress: Callable[[int], None] | None = None,
     ) -> RestoredVm:
         spec = target.spec if isinstance(target, HypervRestoreTarget) else HypervRestoreSpec()
-        if target.power_on:
-            raise SourceError("--power-on is not supported for Hyper-V yet: start the VM with Start-VM")
         vm_id, restored = restore_vm(
             self.control,
             self.storage,
@@ -136,9 +134,10 @@ class HypervPlatform(Platform):
             name=target.name,
             spec=spec,
             verify=target.verify,
+            power_on=target.power_on,
             progress=progress,
         )
-        return RestoredVm(target.name, vm_id, [d.to_json() for d in restored], False)
+        return RestoredVm(target.name, vm_id, [d.to_json() for d in restored], target.power_on)
 
     def close(self) -> None:
         self.storage.close()

@@ -61,9 +61,10 @@ def restore_vm(
     name: str,
     spec: HypervRestoreSpec,
     verify: bool = True,
+    power_on: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[str, list[RestoredDisk]]:
-    """Create VM ``name``; returns its id and the restored disks."""
+    """Create VM ``name`` (and start it with ``power_on``); returns its id and the restored disks."""
     if hardware.get("platform") != "hyperv":
         raise RestoreError("the point's hardware was not recorded from Hyper-V; restore it with --to-dir")
     inventory = control.inventory()
@@ -119,6 +120,8 @@ def restore_vm(
                 location=int(rec["location"]),
                 path=disk.file,
             )
+        if power_on:  # as for vSphere: a VM that cannot start is removed with the rest
+            control.call(Template.START_VM, vm_id=vm_id)
         return vm_id, restored
     except BaseException as exc:
         log.error("restore of %s failed (%s); removing what was created", name, exc)

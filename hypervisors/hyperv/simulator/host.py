@@ -58,6 +58,7 @@ PINNED: dict[tuple[str, int], str] = {
     ("attach-disk", 1): "951bf404b9280fb5806b127b5e562125bfadf43d8d9b1efc51e29a28363d2fb2",
     ("remove-vm", 1): "ef726f4db06e752e28d531155bea1cd0ef04d025142ba005df62a25c5b7b0b42",
     ("create-vm", 1): "7d5aeca84e41a5ce243b695f04162c9c1afb72021b89f4500cb447d4237afc62",
+    ("start-vm", 1): "47d7b8d932903652b105640b417ddd7c0a2ccfa9a58d649e04aa8d5aac772fe5",
 }
 
 PARAMS_LITERAL = re.compile(r"FromBase64String\('([A-Za-z0-9+/=]*)'\)")
@@ -81,6 +82,7 @@ class WmiMethod(StrEnum):
     DESTROY_REFERENCE_POINT = "DestroyReferencePoint"
     DEFINE_SYSTEM = "DefineSystem"  # New-VM
     ADD_DISK = "AddResourceSettings"  # Add-VMHardDiskDrive
+    REQUEST_STATE_CHANGE = "RequestStateChange"  # Start-VM
 
 
 class SimFault(Exception):
@@ -481,6 +483,15 @@ class SimHost:
             raise SimFault(f"the system cannot find the file specified: {path}", 0x80070002)
         vm.disks.append(SimDisk(controller, number, location, path, _vhdx_size(local), str(uuid.uuid4()).upper()))
         return {"attached": path}
+
+    def _t_start_vm_v1(self, p: dict[str, Any]) -> dict[str, Any]:
+        vm = next((v for v in self.vms.values() if v.id == str(p["vm_id"])), None)
+        if vm is None:
+            raise SimFault(f"no VM with id {p['vm_id']}", 0x80070490)
+        if vm.state != "Running":
+            self._fail_if_asked(WmiMethod.REQUEST_STATE_CHANGE)
+            vm.state = "Running"
+        return {"state": vm.state}
 
     def _t_remove_vm_v1(self, p: dict[str, Any]) -> dict[str, Any]:
         vm = next((v for v in self.vms.values() if v.id == str(p["vm_id"])), None)

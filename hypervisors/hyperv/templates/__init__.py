@@ -50,6 +50,7 @@ class Template(StrEnum):
     CREATE_VM = "create-vm"
     ATTACH_DISK = "attach-disk"
     REMOVE_VM = "remove-vm"
+    START_VM = "start-vm"
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,10 @@ def point(hyperv_lab: HypervLab, repo: Repository) -> RecoveryPoint:
     return p
 
 
-def _restore(lab: HypervLab, repo: Repository, point: RecoveryPoint, name: str, **spec: object) -> object:
-    target = HypervRestoreTarget(name=name, spec=HypervRestoreSpec(**spec))  # type: ignore[arg-type]
+def _restore(
+    lab: HypervLab, repo: Repository, point: RecoveryPoint, name: str, power_on: bool = False, **spec: object
+) -> object:
+    target = HypervRestoreTarget(name=name, power_on=power_on, spec=HypervRestoreSpec(**spec))  # type: ignore[arg-type]
     with lab.platform() as platform:
         return platform.restore_to_host(point.hardware, disk_images(repo, point, 2), target)
 
@@ -44,6 +46,7 @@ def test_restore_creates_the_recorded_vm_whose_disks_read_back_equal(
     restored = _restore(hyperv_lab, repo, point, "app01-restored", network_map={"Internal": "External"})
     vm = hyperv_lab.host.vms["app01-restored"]
     assert (vm.generation, vm.cpu, vm.memory_mb) == (2, 4, 3072)
+    assert vm.state == "Off" and not restored.powered_on  # type: ignore[attr-defined]
     assert [n["switch"] for n in vm.nics] == ["External", "External"]
     assert [(d.controller, d.controller_number, d.location) for d in vm.disks] == [("SCSI", 0, 0), ("SCSI", 0, 1)]
     expected = restored_bytes(repo, point, tmp_path / "dir")
@@ -65,20 +68,28 @@ def test_an_existing_vm_is_never_overwritten(hyperv_lab: HypervLab, repo: Reposi
     assert len(hyperv_lab.host.vms) == 1
 
 
-@pytest.mark.parametrize("fault", ["switch", "attach"])
+def test_power_on_starts_the_restored_vm(hyperv_lab: HypervLab, repo: Repository, point: RecoveryPoint) -> None:
+    restored = _restore(hyperv_lab, repo, point, "app01-running", power_on=True)
+    assert hyperv_lab.host.vms["app01-running"].state == "Running"
+    assert restored.powered_on  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fault", ["switch", "attach", "start"])
 def test_a_failed_restore_removes_what_it_created(
     hyperv_lab: HypervLab, repo: Repository, point: RecoveryPoint, fault: str
 ) -> None:
     host = hyperv_lab.host
     before = sorted(p for p in host.storage.rglob("*") if p.is_file())
+    spec: dict[str, object] = {}
     if fault == "attach":
         host.fail_next(WmiMethod.ADD_DISK, "the file is in use")
-        spec: dict[str, object] = {}
+    elif fault == "start":
+        host.fail_next(WmiMethod.REQUEST_STATE_CHANGE, "not enough memory in the system to start the VM")
     else:
         spec = {"network_map": {"Internal": "Lab"}}  # no switch of that name on the host
     with pytest.raises(RestoreError) as err:
-        _restore(hyperv_lab, repo, point, "app01-new", **spec)
-    assert ("Lab" if fault == "switch" else "in use") in str(err.value)
+        _restore(hyperv_lab, repo, point, "app01-new", power_on=fault == "start", **spec)
+    assert {"switch": "Lab", "attach": "in use", "start": "not enough memory"}[fault] in str(err.value)
     assert sorted(host.vms) == [VM]
     after = sorted(p for p in host.storage.rglob("*") if p.is_file())
     assert after == before

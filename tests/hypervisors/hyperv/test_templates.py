@@ -92,6 +92,7 @@ REALISTIC: dict[Template, dict[str, object]] = {
         "path": VHDX,
     },
     Template.REMOVE_VM: {"vm_id": SNAPSHOT},
+    Template.START_VM: {"vm_id": SNAPSHOT},
 }
 
 
