@@ -25,8 +25,9 @@ from vmkeep.hypervisors.hyperv import qemu
 from vmkeep.hypervisors.hyperv.platform import HypervEndpoint, HypervPlatform, HypervRestoreTarget
 from vmkeep.hypervisors.hyperv.shares import ShareMap
 from vmkeep.hypervisors.hyperv.simulator.host import SimHost
+from vmkeep.hypervisors.hyperv.simulator.ntlm import write_ntlm_user_file
 from vmkeep.hypervisors.hyperv.simulator.samba import SambaServer, smbd_usable
-from vmkeep.hypervisors.hyperv.simulator.wsman import WsmanServer, write_ntlm_user_file
+from vmkeep.hypervisors.hyperv.simulator.wsman import WsmanServer
 from vmkeep.hypervisors.platforms import SessionOptions
 from vmkeep.repository.config import RepoConfig
 from vmkeep.repository.points import RecoveryPoint

@@ -29,8 +29,9 @@ from typing import Any
 from vmkeep.agent.demo import make_sample_image
 from vmkeep.agent.output import parse_size
 from vmkeep.hypervisors.hyperv.simulator.host import SimHost
+from vmkeep.hypervisors.hyperv.simulator.ntlm import write_ntlm_user_file
 from vmkeep.hypervisors.hyperv.simulator.samba import SambaServer, smbd_usable
-from vmkeep.hypervisors.hyperv.simulator.wsman import WsmanServer, write_ntlm_user_file
+from vmkeep.hypervisors.hyperv.simulator.wsman import WsmanServer
 
 MiB = 1024 * 1024
 VM = "bench-vm"

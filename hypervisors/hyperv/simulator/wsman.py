@@ -1,6 +1,7 @@
 """A WS-Management (WinRM) server on 127.0.0.1 that the unmodified pywinrm client talks to.
 
-It is the protocol layer of the simulated Hyper-V host. It speaks what a Windows host's WinRM
+It is the protocol layer of the simulated Hyper-V host (NTLM and message encryption are in
+ntlm.py, the SOAP envelopes, faults and CLIXML in soap.py). It speaks what a Windows host's WinRM
 service speaks to ``winrm.Protocol`` and ``winrm.Session.run_ps``, and checks what a Windows host
 checks, but it runs no PowerShell:
 
@@ -42,18 +43,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import enum
 import itertools
 import logging
-import os
-import re
 import socket
 import ssl
-import struct
 import threading
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,28 +58,31 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import spnego
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
 from spnego.channel_bindings import GssChannelBindings
+
+from .ntlm import ENCRYPTED_PROTOCOL, acceptor_users, channel_bindings, ntlm_user, seal, unseal
+from .soap import (
+    NS,
+    Action,
+    Fault,
+    action_of,
+    clixml,
+    envelope,
+    fault_envelope,
+    max_envelope,
+    message_id,
+    operation_timeout,
+    shell_id_of,
+    timed_out,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_LINE = 8191  # cmd.exe's limit, which WinRS commands go through
 COMMAND_LINE_TOO_LONG = b"The command line is too long.\r\n"
 DEFAULT_MAX_ENVELOPE = 500 * 1024  # the service's MaxEnvelopeSizekb, Windows Server 2012 and later
-OPERATION_TIMEOUT_CODE = 2150858793  # WSMan "the operation timed out"; a client polls again
 SHELL_NOT_FOUND_CODE = 2150858843
-ENCRYPTED_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
-BOUNDARY = b"--Encrypted Boundary"
 
-NS = {
-    "s": "http://www.w3.org/2003/05/soap-envelope",
-    "a": "http://schemas.xmlsoap.org/ws/2004/08/addressing",
-    "w": "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd",
-    "rsp": "http://schemas.microsoft.com/wbem/wsman/1/windows/shell",
-    "x": "http://schemas.xmlsoap.org/ws/2004/09/transfer",
-}
 
 #: The agent's loader for a script sent on stdin (hypervisors/hyperv/winrm.py sends it as the
 #: -EncodedCommand). Stdin holds ASCII lines: the script as base64 of UTF-8, then the input as
@@ -112,15 +112,6 @@ def encoded_command(command_line: str) -> str | None:
     return None
 
 
-class Action(enum.StrEnum):
-    CREATE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Create"
-    DELETE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Delete"
-    COMMAND = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Command"
-    SEND = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Send"
-    RECEIVE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Receive"
-    SIGNAL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Signal"
-
-
 @dataclass(frozen=True)
 class CommandResult:
     """What a command printed and returned. ``stderr`` is plain text; the server wraps it in CLIXML."""
@@ -140,14 +131,6 @@ class TlsIdentity:
 
     cert_pem: Path
     key_pem: Path
-
-
-class Fault(Exception):
-    """A WS-Man fault to answer with (HTTP 500, a SOAP Fault with a WSManFault detail)."""
-
-    def __init__(self, reason: str, *, subcode: str, code: str = "s:Sender", wsman_code: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.subcode, self.code, self.wsman_code = reason, subcode, code, wsman_code
 
 
 # ------------------------------------------------------------------------------ test API
@@ -210,57 +193,6 @@ class ServerLog:
     handler_errors: list[str] = field(default_factory=list)  # a handler that raised: a simulator bug
 
 
-# ------------------------------------------------------------------------------ users
-
-
-def write_ntlm_user_file(path: Path, users: dict[str, str]) -> Path:
-    """Write an NTLM user file (``DOMAIN:USER:PASSWORD`` lines, mode 0600) for :class:`WsmanServer`.
-
-    A user name may be ``DOMAIN\\user`` or ``user``. The file is the acceptor's credential
-    store; it is written, never passed on a command line.
-    """
-    lines = []
-    for name, password in users.items():
-        domain, _, user = name.rpartition("\\")
-        if ":" in name or "\n" in password:
-            raise ValueError("user names cannot contain ':' and passwords cannot contain newlines")
-        lines.append(f"{domain}:{user}:{password}\n")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.writelines(lines)
-    return path
-
-
-# pyspnego's NTLM acceptor reads its credential store from the NTLM_USER_FILE environment
-# variable; each server sets it to its own file around the acceptor's steps.
-_ACCEPTOR_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _user_file(path: Path) -> Iterator[None]:
-    with _ACCEPTOR_LOCK:
-        before = os.environ.get("NTLM_USER_FILE")
-        os.environ["NTLM_USER_FILE"] = str(path)
-        try:
-            yield
-        finally:
-            if before is None:
-                del os.environ["NTLM_USER_FILE"]
-            else:
-                os.environ["NTLM_USER_FILE"] = before
-
-
-def _channel_bindings(cert_pem: Path) -> GssChannelBindings:
-    """RFC 5929 tls-server-end-point for our certificate, as an NTLM client over TLS computes it."""
-    cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
-    algorithm = cert.signature_hash_algorithm
-    if algorithm is None or algorithm.name in ("md5", "sha1"):
-        algorithm = hashes.SHA256()
-    digest = hashes.Hash(algorithm)
-    digest.update(cert.public_bytes(Encoding.DER))
-    return GssChannelBindings(application_data=b"tls-server-end-point:" + digest.finalize())
-
-
 # ------------------------------------------------------------------------------ shells
 
 
@@ -279,21 +211,6 @@ class _Command:
 class _Shell:
     user: str
     commands: dict[str, _Command] = field(default_factory=dict)
-
-
-def clixml(text: bytes) -> bytes:
-    """Stderr as powershell.exe writes it when its output is redirected: CLIXML error records."""
-    lines = text.decode("utf-8", "replace").splitlines() or [""]
-    records = "".join(f'<S S="Error">{_clixml_escape(line)}_x000D__x000A_</S>' for line in lines)
-    return (
-        b"#< CLIXML\r\n"
-        + f'<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">{records}</Objs>'.encode()
-    )
-
-
-def _clixml_escape(line: str) -> str:
-    out = escape(line.replace("_x", "_x005F_x"))
-    return "".join(f"_x{ord(c):04X}_" if ord(c) < 0x20 and c != "\t" else c for c in out)
 
 
 # ------------------------------------------------------------------------------ the server
@@ -328,7 +245,7 @@ class WsmanServer:
             self._tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self._tls_context.minimum_version = ssl.TLSVersion.TLSv1_2
             self._tls_context.load_cert_chain(tls.cert_pem, tls.key_pem)
-            self._bindings = _channel_bindings(tls.cert_pem)
+            self._bindings = channel_bindings(tls.cert_pem)
         self._httpd = _HttpServer((host, port), _Connection, self)
         self._thread: threading.Thread | None = None
 
@@ -370,7 +287,7 @@ class WsmanServer:
         header = envelope.find("s:Header", NS)
         if header is None:
             raise Fault("The SOAP envelope has no header.", subcode="w:InvalidMessageInformationHeader")
-        action = _action(header)
+        action = action_of(header)
         if action is Action.CREATE:
             shell_id = str(uuid.uuid4()).upper()
             with self._lock:
@@ -384,7 +301,7 @@ class WsmanServer:
                 f"<rsp:InputStreams>stdin</rsp:InputStreams><rsp:OutputStreams>stdout stderr</rsp:OutputStreams>"
                 f"</rsp:Shell>"
             )
-        shell_id = _selector(header)
+        shell_id = shell_id_of(header)
         with self._lock:
             shell = self._shells.get(shell_id)
         if shell is None or shell.user != user:
@@ -451,14 +368,14 @@ class WsmanServer:
         command = self._find_command(shell, desired)
         assert desired is not None
         if self.faults.take_receive_timeout():
-            raise _timed_out()
+            raise timed_out()
         if not command.started and not command.stdin:
             command.stdin_closed = True  # a command given no input sees end of file at once
             self._start(command)
-        if not command.done.wait(min(_operation_timeout(header), self.max_operation_wait)):
-            raise _timed_out()
+        if not command.done.wait(min(operation_timeout(header), self.max_operation_wait)):
+            raise timed_out()
         command_id = desired.get("CommandId", "")
-        budget = (_max_envelope(header) - 2048) * 3 // 4  # base64 of what fits, less the envelope itself
+        budget = (max_envelope(header) - 2048) * 3 // 4  # base64 of what fits, less the envelope itself
         parts = []
         with self._lock:
             while command.pending and budget > 0:
@@ -549,76 +466,6 @@ class WsmanServer:
         return CommandResult(result.stdout, stderr, result.exit_code)
 
 
-def _timed_out() -> Fault:
-    return Fault(
-        "The WS-Management service cannot complete the operation within the time specified in OperationTimeout.",
-        subcode="w:TimedOut",
-        code="s:Receiver",
-        wsman_code=OPERATION_TIMEOUT_CODE,
-    )
-
-
-def _action(header: ET.Element) -> Action:
-    text = (header.findtext("a:Action", "", NS) or "").strip()
-    try:
-        return Action(text)
-    except ValueError:
-        raise Fault(
-            f"The WS-Management service cannot process the request because the action {text!r} is not supported.",
-            subcode="a:ActionNotSupported",
-        ) from None
-
-
-def _selector(header: ET.Element) -> str:
-    for selector in header.iterfind("w:SelectorSet/w:Selector", NS):
-        if selector.get("Name") == "ShellId":
-            return (selector.text or "").strip()
-    raise Fault(
-        "The WS-Management service cannot process the request: no ShellId selector.", subcode="w:InvalidSelectors"
-    )
-
-
-def _operation_timeout(header: ET.Element) -> float:
-    text = header.findtext("w:OperationTimeout", "", NS) or ""
-    match = re.fullmatch(r"\s*PT(\d+(?:\.\d+)?)S\s*", text)
-    return float(match[1]) if match else 60.0
-
-
-def _max_envelope(header: ET.Element) -> int:
-    text = header.findtext("w:MaxEnvelopeSize", "", NS) or ""
-    return int(text) if text.strip().isdigit() else 153600
-
-
-def _message_id(header: ET.Element | None) -> str:
-    return (header.findtext("a:MessageID", "", NS) or "").strip() if header is not None else ""
-
-
-def envelope(action: str, relates_to: str, body: str) -> bytes:
-    """A response envelope with ``body`` as the SOAP body's content."""
-    namespaces = " ".join(f'xmlns:{k}="{v}"' for k, v in NS.items())
-    return (
-        f'<s:Envelope xml:lang="en-US" {namespaces}><s:Header>'
-        f"<a:Action>{action}</a:Action><a:MessageID>uuid:{str(uuid.uuid4()).upper()}</a:MessageID>"
-        f"<a:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:To>"
-        f"<a:RelatesTo>{escape(relates_to)}</a:RelatesTo></s:Header><s:Body>{body}</s:Body></s:Envelope>"
-    ).encode()
-
-
-def fault_envelope(fault: Fault, relates_to: str) -> bytes:
-    detail = ""
-    if fault.wsman_code is not None:
-        detail = (
-            '<s:Detail><f:WSManFault xmlns:f="http://schemas.microsoft.com/wbem/wsman/1/wsmanfault" '
-            f'Code="{fault.wsman_code}" Machine="127.0.0.1"><f:Message>{escape(fault.reason)}</f:Message>'
-            "</f:WSManFault></s:Detail>"
-        )
-    body = (
-        f"<s:Fault><s:Code><s:Value>{fault.code}</s:Value><s:Subcode><s:Value>{fault.subcode}</s:Value></s:Subcode>"
-        f'</s:Code><s:Reason><s:Text xml:lang="en-US">{escape(fault.reason)}</s:Text></s:Reason>{detail}</s:Fault>'
-    )
-    return envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", relates_to, body)
-
-
 # ------------------------------------------------------------------------------ HTTP
 
 
@@ -675,7 +522,8 @@ class _Connection(BaseHTTPRequestHandler):
         encrypted = content_type.startswith("multipart/encrypted")
         if encrypted:
             try:
-                body = self._decrypt(body)
+                assert self._context is not None
+                body = unseal(self._context, body)
             except Exception as exc:
                 log.debug("undecryptable message: %s", exc)
                 self._reply(400, b"", {})
@@ -711,8 +559,8 @@ class _Connection(BaseHTTPRequestHandler):
             except ET.ParseError as exc:
                 raise Fault(f"The request is not well-formed XML: {exc}", subcode="w:SchemaValidationError") from None
             header = root.find("s:Header", NS)
-            relates_to = _message_id(header)
-            action = _action(header) if header is not None else None
+            relates_to = message_id(header)
+            action = action_of(header) if header is not None else None
             self.owner.log.requests.append(RequestRecord(action, with_credentials, encrypted))
             assert self._user is not None
             answer = envelope(f"{action}Response" if action else "", relates_to, self.owner.dispatch(root, self._user))
@@ -726,7 +574,8 @@ class _Connection(BaseHTTPRequestHandler):
     def _respond(self, status: int, answer: bytes, encrypted: bool, action: Action | None) -> None:
         headers = {"Content-Type": "application/soap+xml;charset=UTF-8"}
         if encrypted:
-            answer = self._encrypt(answer)
+            assert self._context is not None
+            answer = seal(self._context, answer)
             headers["Content-Type"] = (
                 f'multipart/encrypted;protocol="{ENCRYPTED_PROTOCOL}";boundary="Encrypted Boundary"'
             )
@@ -768,14 +617,14 @@ class _Connection(BaseHTTPRequestHandler):
             return False
         try:
             data = base64.b64decode(token)
-            with _user_file(self.owner.user_file):
+            with acceptor_users(self.owner.user_file):
                 if self._context is None or self._context.complete:
                     self._context = spnego.server(
                         protocol="ntlm", service="HTTP", channel_bindings=self.owner._bindings
                     )
                 out = self._context.step(data)
         except Exception as exc:  # pyspnego raises its own errors for a wrong password or bad token
-            user = _ntlm_user(token)
+            user = ntlm_user(token)
             log.debug("NTLM authentication of %r failed: %s", user, exc)
             self.owner.log.failed_logins.append(user)
             self.owner.log.requests.append(RequestRecord(None, True, False))
@@ -788,50 +637,3 @@ class _Connection(BaseHTTPRequestHandler):
             return False
         self._user = self._context.client_principal or "?"
         return True
-
-    def _decrypt(self, body: bytes) -> bytes:
-        assert self._context is not None
-        parts = [p for p in body.split(BOUNDARY + b"\r\n") if p]
-        if len(parts) < 2:
-            raise ValueError("not a multipart/encrypted message")
-        length = int(parts[0].split(b"Length=")[1].strip())
-        payload = parts[1].removesuffix(BOUNDARY + b"--\r\n")
-        payload = payload.removeprefix(b"\tContent-Type: application/octet-stream\r\n")
-        # <length of the signature, 4 bytes LE> <signature> <sealed message>: unwrap takes the last two as one
-        message = self._context.unwrap(payload[4:]).data
-        if len(message) != length:
-            raise ValueError("the decrypted length does not match OriginalContent")
-        return message
-
-    def _encrypt(self, message: bytes) -> bytes:
-        assert self._context is not None
-        wrapped = self._context.wrap(message, encrypt=True).data
-        signature, sealed = wrapped[:16], wrapped[16:]
-        return (
-            BOUNDARY + b"\r\n"
-            b"\tContent-Type: " + ENCRYPTED_PROTOCOL.encode() + b"\r\n"
-            b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
-            + str(len(message)).encode()
-            + b"\r\n"
-            + BOUNDARY
-            + b"\r\n"
-            b"\tContent-Type: application/octet-stream\r\n"
-            + struct.pack("<i", len(signature))
-            + signature
-            + sealed
-            + BOUNDARY
-            + b"--\r\n"
-        )
-
-
-def _ntlm_user(token: str) -> str:
-    """The user name in an NTLM AUTHENTICATE message, for the log (never the password: it is not in there)."""
-    try:
-        data = base64.b64decode(token)
-        domain_len, _, domain_off = struct.unpack_from("<HHI", data, 28)
-        user_len, _, user_off = struct.unpack_from("<HHI", data, 36)
-        domain = data[domain_off : domain_off + domain_len].decode("utf-16-le")
-        user = data[user_off : user_off + user_len].decode("utf-16-le")
-    except (ValueError, struct.error, UnicodeDecodeError):
-        return "?"
-    return f"{domain}\\{user}" if domain else user

@@ -11,7 +11,7 @@ import pytest
 from vmkeep.agent.engine.backup import BackupOptions
 from vmkeep.hypervisors.hyperv.exceptions import AuthenticationFailed, CheckpointError, HypervError
 from vmkeep.hypervisors.hyperv.simulator.host import SimHost, WmiMethod
-from vmkeep.hypervisors.hyperv.simulator.wsman import Action
+from vmkeep.hypervisors.hyperv.simulator.soap import Action
 from vmkeep.repository.points import ReadMode, RecoveryPoint
 from vmkeep.repository.repo import Repository
 

@@ -14,8 +14,8 @@ from tests.fixtures.hyperv import HypervAccount
 from vmkeep.hypervisors.exceptions import CleartextRefused, UntrustedCertificate
 from vmkeep.hypervisors.hyperv import winrm as client_module
 from vmkeep.hypervisors.hyperv.exceptions import AuthenticationFailed, CommandFailed, ConnectionFailed
-from vmkeep.hypervisors.hyperv.simulator import wsman
-from vmkeep.hypervisors.hyperv.simulator.wsman import Action, CommandResult, TlsIdentity, WsmanServer
+from vmkeep.hypervisors.hyperv.simulator.soap import Action, clixml
+from vmkeep.hypervisors.hyperv.simulator.wsman import STDIN_BOOTSTRAP, CommandResult, TlsIdentity, WsmanServer
 from vmkeep.hypervisors.hyperv.winrm import MAX_COMMAND_LINE, WinrmClient, WinrmSettings, clean_stderr
 from vmkeep.hypervisors.tls import TlsPolicy
 
@@ -80,7 +80,7 @@ def test_input_is_sent_in_parts(wsman_factory: Start, winrm_settings: Settings) 
 
 
 def test_bootstrap_is_the_one_the_simulator_pins() -> None:
-    assert client_module.STDIN_BOOTSTRAP == wsman.STDIN_BOOTSTRAP
+    assert client_module.STDIN_BOOTSTRAP == STDIN_BOOTSTRAP
 
 
 def test_failed_command_has_clean_stderr_without_the_parameter_literal(
@@ -197,5 +197,5 @@ def test_password_never_logged(
 
 
 def test_clean_stderr_reads_clixml() -> None:
-    assert clean_stderr(wsman.clixml(b"first\nsecond <&>")) == "first\nsecond <&>"
+    assert clean_stderr(clixml(b"first\nsecond <&>")) == "first\nsecond <&>"
     assert clean_stderr(b"The command line is too long.\r\n") == "The command line is too long."

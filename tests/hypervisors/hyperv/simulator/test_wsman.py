@@ -11,14 +11,8 @@ from winrm.exceptions import InvalidCredentialsError, WSManFaultError
 from winrm.protocol import Protocol
 
 from tests.fixtures.hyperv import HypervAccount
-from vmkeep.hypervisors.hyperv.simulator.wsman import (
-    STDIN_BOOTSTRAP,
-    Action,
-    CommandResult,
-    WsmanServer,
-    clixml,
-    encoded_command,
-)
+from vmkeep.hypervisors.hyperv.simulator.soap import Action, clixml
+from vmkeep.hypervisors.hyperv.simulator.wsman import STDIN_BOOTSTRAP, CommandResult, WsmanServer, encoded_command
 
 Start = Callable[..., WsmanServer]
 
