@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from vmkeep.agent.engine.backup import BackupOptions
+from vmkeep.agent.engine.sample_size import DEFAULT_WINDOWS, WINDOW
+from vmkeep.hypervisors.hyperv import smb
+from vmkeep.repository.config import RepoConfig
 from vmkeep.repository.points import ReadMode
 from vmkeep.repository.repo import Repository
 
@@ -60,3 +67,49 @@ def test_a_script_too_long_for_a_command_line_goes_on_stdin_and_is_still_recogni
     last = hyperv_lab.wsman.log.commands[-1]
     assert last.via_bootstrap
     assert hyperv_lab.host.calls_of("list-vms")[-1].params == {"vm": name}
+
+
+class _CountingFile:
+    """A real SMB file handle that counts what is read through it (instrumentation, not a fake:
+    every byte still comes from the Samba server)."""
+
+    def __init__(self, fh: Any, counter: list[int]) -> None:
+        self._fh, self._counter = fh, counter
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._fh.read(n)
+        self._counter[0] += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._fh.readinto(buffer)
+        self._counter[0] += n
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def test_an_incremental_reads_over_smb_the_changed_blocks_plus_at_most_1_mib(
+    hyperv_lab: HypervLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted on the SMB file handles, VHDX headers and block table included, with the default sample."""
+    counter = [0]
+    open_read = smb.SmbShare.open_read
+    monkeypatch.setattr(smb.SmbShare, "open_read", lambda share, path: _CountingFile(open_read(share, path), counter))
+    path = tmp_path / "repo"
+    Repository.init(path, RepoConfig.new(block_size=MiB), None).close()
+    host = hyperv_lab.host
+    host.create_vm("big", (256 * MiB,))
+    random_writes(host, "big", 40, seed=3, size=65536)
+    with Repository.open(path, None) as repo:
+        back_up(hyperv_lab, repo, "big", options=BackupOptions())
+        for block in (10, 200):  # two 64 KiB guest writes, each inside one 1 MiB block
+            host.guest_write("big", block * MiB + 4096, os.urandom(65536))
+        counter[0] = 0
+        point, frozen = back_up(hyperv_lab, repo, "big", options=BackupOptions())
+        [disk] = point.disks
+        assert disk.mode == ReadMode.INCREMENTAL, disk.reason
+        assert (disk.sanity_windows, disk.sanity_bytes) == (DEFAULT_WINDOWS, DEFAULT_WINDOWS * WINDOW)
+        assert counter[0] <= 2 * MiB + MiB, counter[0]
+        assert restored_bytes(repo, point, tmp_path / "restored") == [frozen.disks[0]]
