@@ -29,6 +29,11 @@ source (the image) is cached, as the image the backups read is for every tool. E
 checked against the image. The load average is recorded at the start and end of every round:
 this VM is shared, and a busy round is slower for reasons that have nothing to do with the tools.
 Each figure is the median round; ``--json`` keeps all.
+
+vmkeep is timed as a user installs it: this source tree built and installed (``pip install``) into
+a fresh virtual environment in the work directory, as restic and borg are ordinary installs. The
+development install of ``install.sh`` is editable, and its import hook costs every command 10 to
+25 ms here, which would be a tenth of an incremental; ``--editable`` times that one instead.
 """
 
 from __future__ import annotations
@@ -54,10 +59,9 @@ BORG_ENV = {"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
 MiB = 1024 * 1024
 LIMIT = "limit"  # the tool name of the physical limits
 TOOLS = ("vmkeep-aes", "vmkeep", "restic", "borg")
-VMKEEP_HELP = [sys.executable, "-m", "vmkeep.agent.cli", "--help"]  # imports every command module
 WARM_UP = {
-    "vmkeep-aes": VMKEEP_HELP,
-    "vmkeep": VMKEEP_HELP,
+    "vmkeep-aes": ["vmkeep", "--help"],  # imports every command module; "vmkeep": the bench's own command
+    "vmkeep": ["vmkeep", "--help"],
     "restic": ["restic", "version"],
     "borg": ["borg", "--version"],
 }
@@ -83,9 +87,11 @@ class Bench:
     runs: list[Run] = field(default_factory=list)
     loads: list[tuple[int, str, str]] = field(default_factory=list)  # round, loadavg at start, at end
 
+    vmkeep: list[str] = field(default_factory=lambda: [sys.executable, "-m", "vmkeep.agent.cli"])
+    install: str = "as the development install (editable) that runs this script"
+
     def __post_init__(self) -> None:
         self.cold = drop_caches()
-        self.vmkeep = [sys.executable, "-m", "vmkeep.agent.cli"]
 
     # -- timing ----------------------------------------------------------------------------------
 
@@ -109,7 +115,10 @@ class Bench:
             # Data cold, program warm: the tool's own files (restic's binary, vmkeep's Python
             # modules) are read back by one harmless run, so a cold restore measures the
             # repository's reads and the writes, not loading the program from disk.
-            subprocess.run(WARM_UP[tool], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            warm_up = WARM_UP[tool]
+            if warm_up[0] == "vmkeep":
+                warm_up = [*self.vmkeep, *warm_up[1:]]
+            subprocess.run(warm_up, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         start = time.monotonic()
         proc = subprocess.run(
             ["/usr/bin/time", "-f", "%M", "-o", out, *cmd],
@@ -339,6 +348,17 @@ TOOL_STEPS: dict[str, type[Steps]] = {
 }
 
 
+def install_vmkeep(venv: Path) -> list[str]:
+    """This source tree, built and installed into a new virtual environment: the command to run it."""
+    root = Path(__file__).resolve().parent.parent
+    print(f"installing vmkeep from {root} into {venv} (as a user would; --editable skips this)", flush=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, str(root)], check=True, stdout=subprocess.DEVNULL)
+    return [str(venv / "bin" / "vmkeep")]
+
+
 def read_changed_blocks(image: Path, changes: list[dict[str, object]]) -> float:
     """Seconds to read every changed 1 MiB block of ``image`` with plain preads (the limit)."""
     blocks = sorted({int(str(c["offset"])) // MiB for c in changes})
@@ -413,7 +433,7 @@ def report(bench: Bench) -> dict[str, object]:
     ]
     print(
         f"\nmedian of {bench.rounds} round(s), {human(bench.size)} image"
-        f"{', restores from a cold page cache' if bench.cold else ''}:\n"
+        f"{', restores from a cold page cache' if bench.cold else ''}, vmkeep {bench.install}:\n"
     )
     header = "| | " + " | ".join(label for _, label in ops) + " | peak memory (full / restore) |"
     print(header)
@@ -465,6 +485,9 @@ def main() -> int:
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated tools to run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median (default: 3)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every run as JSON to FILE")
+    parser.add_argument(
+        "--editable", action="store_true", help="time the development install that runs this script, not a fresh one"
+    )
     args = parser.parse_args()
 
     tools = [t for t in args.tools.split(",") if t]
@@ -478,6 +501,9 @@ def main() -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vmkeep-bench-", dir=os.environ.get("VMKEEP_BENCH_DIR")))
     work.mkdir(parents=True, exist_ok=True)
     bench = Bench(work, parse_size(args.size), parse_size(args.big_size), tools, max(1, args.rounds))
+    if not args.editable and any(t.startswith("vmkeep") for t in tools):
+        bench.vmkeep = install_vmkeep(work / "venv")
+        bench.install = "installed from this tree into a fresh virtual environment"
     try:
         bench.run()
     finally:
