@@ -16,6 +16,8 @@ from tests.fixtures.jobfile import write_job_file
 from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere import restored_disks
+from vmkeep.repository.exceptions import RepositoryLocked
+from vmkeep.repository.locks import Lock
 from vmkeep.repository.repo import Repository
 
 TWO_JOBS = """
@@ -207,6 +209,19 @@ def test_sighup_with_a_broken_file_keeps_the_old_jobs(
     assert agent.stop() == 0
 
 
+def _exclusive_between_runs(repo: Repository, operation: str, timeout: float = 60.0) -> Lock:
+    """An exclusive lock, taken between two runs of a job: a run holds a shared lock while it lasts,
+    and an exclusive lock is refused meanwhile (as it must be), so this tries again until it is free."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return repo.lock(operation, exclusive=True)
+        except RepositoryLocked:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_a_missing_or_locked_repository_fails_its_job_and_the_agent_goes_on(
     tmp_path: Path, vcsim: Vcsim, repo_path: Path, agents: list[AgentProcess]
 ) -> None:
@@ -235,7 +250,7 @@ workers = 2
     assert lost["status"] == "failed" and lost["vm"] is None
     assert f"repository 'gone' ({tmp_path / 'nowhere'}): " in lost["error"] and "does not exist" in lost["error"]
 
-    with Repository.open(repo_path, None) as repo, repo.lock("a test holds it", exclusive=True):
+    with Repository.open(repo_path, None) as repo, _exclusive_between_runs(repo, "a test holds it"):
         agent.wait_for(
             lambda: any("is locked" in (r["error"] or "") for r in history(config, "--job", "ok")), "a locked run"
         )
