@@ -18,6 +18,7 @@ from vmkeep.hypervisors.exceptions import NeedsAttention, SourceError
 from vmkeep.hypervisors.platforms import Endpoint, Platform, PlatformKind, platform_class
 
 from .. import secrets
+from ..engine.limits import CONCURRENCY, SNAPSHOTS_PER_DATASTORE, SNAPSHOTS_PER_HOST
 from ..exceptions import ConfigError
 from ..output import human_size, print_json, print_table
 from . import hyperv
@@ -152,23 +153,23 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--concurrency",
         type=positive,
-        default=2,
+        default=CONCURRENCY,
         metavar="N",
-        help="back up up to N of the VMs at once, each with a login of its own (default: 2)",
+        help=f"back up up to N of the VMs at once, each with a login of its own (default: {CONCURRENCY})",
     )
     p.add_argument(
         "--snapshots-per-host",
         type=positive,
-        default=2,
+        default=SNAPSHOTS_PER_HOST,
         metavar="N",
-        help="at most N of the VMs' snapshots at once on one host (default: 2)",
+        help=f"at most N of the VMs' snapshots at once on one host (default: {SNAPSHOTS_PER_HOST})",
     )
     p.add_argument(
         "--snapshots-per-datastore",
         type=positive,
-        default=4,
+        default=SNAPSHOTS_PER_DATASTORE,
         metavar="N",
-        help="at most N of the VMs' snapshots at once on one datastore (default: 4)",
+        help=f"at most N of the VMs' snapshots at once on one datastore (default: {SNAPSHOTS_PER_DATASTORE})",
     )
     # Reads are HTTP round trips: more of them in flight than there are CPUs keeps the link busy.
     backup_options(p, workers=max(4, os.cpu_count() or 2))

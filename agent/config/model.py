@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from vmkeep.repository.retention import RetentionPolicy
 
+from ..engine.limits import CONCURRENCY, SNAPSHOTS_PER_DATASTORE, SNAPSHOTS_PER_HOST
 from .schedule import Schedule
 
 Count = Annotated[int, Field(ge=0)]
@@ -167,7 +168,7 @@ class JobConfig(_Strict):
     retention: RetentionConfig | None = None
     full_every: Positive | None = None
     sanity_sample: Count | None = None  # windows per disk the sanity checks compare (0: off)
-    concurrency: Positive = 2
+    concurrency: Positive = CONCURRENCY
     retries: RetryConfig = Field(default_factory=RetryConfig)
     webhook: str | None = None
     quiesce: bool = True
@@ -208,8 +209,8 @@ class JobConfig(_Strict):
 class AgentConfig(_Strict):
     listen: str | None = None  # "127.0.0.1:9180": /metrics and /status; off when unset
     gc_schedule: str | None = None  # cron; no gc when unset
-    snapshots_per_host: Positive = 2
-    snapshots_per_datastore: Positive = 4
+    snapshots_per_host: Positive = SNAPSHOTS_PER_HOST
+    snapshots_per_datastore: Positive = SNAPSHOTS_PER_DATASTORE
     log_format: LogFormat = LogFormat.TEXT
 
     @field_validator("gc_schedule")

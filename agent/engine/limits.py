@@ -12,9 +12,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from .cancel import CancelToken
-from .jobs import BackupTask
+
+if TYPE_CHECKING:  # light to import: the CLI's options take their defaults from here
+    from .jobs import BackupTask
+
+# The defaults of the job file ([agent], [jobs.*]) and of `vmkeep backup --vm A --vm B`.
+CONCURRENCY = 2  # VMs of one run backed up at once
+SNAPSHOTS_PER_HOST = 2
+SNAPSHOTS_PER_DATASTORE = 4
 
 
 class SnapshotLimits:
