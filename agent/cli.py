@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from vmkeep.repository.exceptions import CorruptRepository
 
@@ -138,5 +141,28 @@ def _error(message: str) -> None:
     sys.stderr.flush()
 
 
+def run() -> NoReturn:
+    """The ``vmkeep`` program (console script and ``python -m``): :func:`main`, then a quick exit.
+
+    When a command returns, its files are closed and durable and its locks are released. What is
+    left of the usual exit is the interpreter's teardown (every module cleared, a last garbage
+    collection): 15 ms of every command on the project's VM, a twentieth of an incremental
+    backup. So the exit functions run as usual (logging's flush, thread pools, temporary
+    directories), the standard streams are flushed, and the process ends without the teardown.
+    While a non-daemon thread still runs, the usual exit waits for it as it always has.
+    """
+    code = main()
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # e.g. a closed pipe: the status Python itself gives a failed flush at exit
+        code = 120
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

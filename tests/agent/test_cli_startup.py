@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,54 @@ def test_version_and_help_still_work_without_a_command() -> None:
     helped = run_vmkeep("--help")
     assert helped.code == 0 and "backup-image" in helped.out and "history" in helped.out
     assert run_vmkeep("-v", "points", "--help").code == 0
+
+
+# The program's quick exit (cli.run): exit functions run, output is flushed whole, a non-daemon
+# thread is waited for, and the status is main's.
+EXIT_PROBE = """
+import atexit, sys, threading, time
+from pathlib import Path
+from vmkeep.agent import cli
+atexit.register(lambda: print("exit functions ran"))  # on stdout, buffered: flushed after them
+marker = Path(sys.argv.pop(1))
+if marker.name != "-":
+    def late() -> None:
+        time.sleep(0.3)
+        marker.write_text("done")
+    threading.Thread(target=late, daemon=False).start()
+cli.run()
+"""
+
+
+def _run_program(marker: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, marker, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        # Piped and buffered, as in a script: what is not flushed before the exit is lost.
+        env={k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_") and k != "PYTHONUNBUFFERED"},
+    )
+
+
+def test_the_programs_exit_runs_the_exit_functions_flushes_and_waits_for_threads(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert run_vmkeep("init", repo).code == 0
+    for n in range(3):
+        image = make_image(tmp_path / f"vm{n}.img", 1_000_000, seed=n)
+        assert run_vmkeep("backup-image", image, "--repo", repo, "--quiet").code == 0
+
+    listed = _run_program("-", "points", "--repo", repo, "--json")
+    assert listed.returncode == 0, listed.stderr
+    document, _, last = listed.stdout.rstrip().rpartition("\n")
+    assert sorted(p["vm"] for p in json.loads(document)) == ["vm0", "vm1", "vm2"]
+    assert last == "exit functions ran"
+
+    missing = _run_program("-", "points", "--repo", tmp_path / "nowhere")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert missing.stdout == "exit functions ran\n"
+
+    marker = tmp_path / "late-thread"
+    waited = _run_program(str(marker), "points", "--repo", repo)
+    assert waited.returncode == 0 and marker.read_text() == "done"

@@ -60,10 +60,10 @@ def test_the_vsphere_demo_does_not_hold_whole_disks_in_memory(vcsim_binary: Path
     """Peak memory stays well below the whole disks held at once: restores are hashed in chunks, not read whole."""
     size_mib = 192
     code = (
-        "import resource, runpy, sys; sys.argv = ['vmkeep'] + sys.argv[1:]\n"
-        "try:\n    runpy.run_module('vmkeep.agent.cli', run_name='__main__')\n"
-        "except SystemExit as e:\n    rc = e.code\n"
-        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+        "import atexit, resource, runpy, sys; sys.argv = ['vmkeep'] + sys.argv[1:]\n"
+        "peak = lambda: print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "atexit.register(peak)\n"
+        "runpy.run_module('vmkeep.agent.cli', run_name='__main__')\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_")}
     args = ["demo", "--dir", str(tmp_path), "--size", str(size_mib), "--json"]
