@@ -8,6 +8,7 @@ here add name checks and turn OS errors into repository errors.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import re
@@ -25,6 +26,8 @@ from .faults import Op
 
 _NAME = re.compile(r"^[a-z]+(/[0-9a-z][0-9a-z._-]*)*$|^[a-z]+$")
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,14 @@ class Backend(ABC):
         except OSError as exc:
             raise _translate(exc, f"deleting {name}") from exc
 
+    def create(self) -> PendingFile:
+        """A new file written piece by piece and named once complete, as packs are (their name
+        is their content's hash): see :class:`PendingFile`."""
+        try:
+            return self._create()
+        except OSError as exc:
+            raise _translate(exc, "creating a new file") from exc
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release cached handles."""
 
@@ -122,6 +133,9 @@ class Backend(ABC):
     def _write_volatile(self, name: str, chunks: Iterable[bytes | memoryview]) -> None:
         self._write(name, chunks, False)  # durable is never wrong
 
+    def _create(self) -> PendingFile:
+        return PendingFile(self)  # kept in memory, written whole by _write at commit
+
     def _delete_volatile(self, name: str) -> None:
         self._delete(name)
 
@@ -136,6 +150,67 @@ class Backend(ABC):
     def _delete(self, name: str) -> None: ...
 
 
+class PendingFile:
+    """A repository file being written piece by piece, and named only once it is complete.
+
+    A pack is named by the hash of its content, so its name is known at its end; writing its
+    pieces while the job still fills it, rather than all of it at the end, overlaps the writes
+    with the job's reading and compressing. ``commit`` makes the file durable under its name
+    (as ``Backend.write`` does, ``defer_sync`` included); ``abort`` removes what was written.
+    All three are called from one thread at a time; ``abort`` after either does nothing, and a
+    failed ``append`` or ``commit`` aborts.
+
+    This default keeps the pieces in memory and hands them to the backend's ``_write`` at
+    ``commit``, so a backend that implements only the four primitives needs nothing more;
+    ``LocalBackend`` writes each piece as it comes.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._chunks: list[bytes | memoryview] = []
+        self.closed = False
+
+    def append(self, chunks: Iterable[bytes | memoryview]) -> None:
+        if self.closed:
+            raise ValueError("appending to a file already committed or aborted")
+        try:
+            self._append(chunks)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise _translate(exc, "writing a new file") from exc
+            raise
+
+    def commit(self, name: str, *, defer_sync: bool = False) -> None:
+        self._backend._check(name)
+        if self.closed:
+            raise ValueError(f"committing {name}: the file was already committed or aborted")
+        try:
+            self._commit(name, defer_sync)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise _translate(exc, f"writing {name}") from exc
+            raise
+        self.closed = True
+
+    def abort(self) -> None:
+        """Remove what was written; best effort (a file left in ``tmp/`` is garbage gc removes)."""
+        if not self.closed:
+            self.closed = True
+            self._abort()
+
+    def _append(self, chunks: Iterable[bytes | memoryview]) -> None:
+        self._chunks.extend(chunks)
+
+    def _commit(self, name: str, defer_sync: bool) -> None:
+        chunks, self._chunks = self._chunks, []
+        self._backend._write(name, chunks, defer_sync)
+
+    def _abort(self) -> None:
+        self._chunks = []
+
+
 class LocalBackend(Backend):
     """A directory on a local (or mounted) file system.
 
@@ -143,10 +218,10 @@ class LocalBackend(Backend):
     is fsync'ed: after ``write`` returns the file survives a crash or power loss, and a crash
     before that leaves at most a stray file in ``tmp/``, which nothing refers to.
 
-    Large files (packs) are written with O_DIRECT through a small page-aligned staging buffer:
-    they are written once and read rarely, and copying them through the page cache only to
-    flush it again at fsync cost 1.8 s of kernel CPU per 0.9 GiB on the project's VM (0.4 s
-    direct). File systems that refuse O_DIRECT get ordinary writes.
+    Packs (files made with ``create``) and other large files are written with O_DIRECT through
+    a page-aligned staging buffer: they are written once and read rarely, and copying them
+    through the page cache only to flush it again at fsync cost 1.8 s of kernel CPU per 0.9 GiB
+    on the project's VM (0.4 s direct). File systems that refuse O_DIRECT get ordinary writes.
 
     Every operation that changes the disk is wrapped in ``faults.step``, a test-only hook
     (a no-op unless the crash tests set its variables; see faults.py).
@@ -154,13 +229,14 @@ class LocalBackend(Backend):
 
     _MAX_OPEN = 64
     DIRECT_MIN = 1024 * 1024  # files at least this large are written with O_DIRECT
-    STAGE = 8 * 1024 * 1024  # staging buffer per writing thread
+    STAGE = 8 * 1024 * 1024  # staging buffer of a file being written with O_DIRECT
     ALIGN = 4096
+    _SPARE_STAGES = 2  # staging buffers kept for the next files (a fresh one costs page faults)
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._direct = bool(getattr(os, "O_DIRECT", 0))  # cleared when the file system refuses it
-        self._stage = threading.local()
+        self._stages: list[mmap.mmap] = []
         self._unsynced_dirs: set[Path] = set()  # directories holding renames not yet fsync'ed
         self._fds: OrderedDict[str, list[int]] = OrderedDict()  # name -> [fd, users]
         self._lock = threading.Lock()
@@ -175,25 +251,36 @@ class LocalBackend(Backend):
         self._write_file(name, chunks, False, durable=False)
 
     def _write_file(self, name: str, chunks: Iterable[bytes | memoryview], defer_sync: bool, *, durable: bool) -> None:
-        final = self._path(name)
-        tmpdir = self.root / "tmp"
-        tmp = tmpdir / f"{secrets.token_hex(8)}.tmp"
         parts = list(chunks)
-        direct = durable and self._direct and sum(len(c) for c in parts) >= self.DIRECT_MIN
+        if durable and self._direct and sum(len(c) for c in parts) >= self.DIRECT_MIN:
+            pending = _LocalPendingFile(self)
+            pending.append(parts)
+            pending.commit(name, defer_sync=defer_sync)
+            return
+        tmp = self._new_tmp()
         try:
-            if not (direct and self._write_direct(tmp, parts, name)):
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC, 0o600)
-                try:
-                    with faults.step(Op.WRITE, name):
-                        for chunk in parts:
-                            view = memoryview(chunk)
-                            while view:
-                                view = view[os.write(fd, view) :]
-                    if durable:
-                        with faults.step(Op.FSYNC, name):
-                            os.fsync(fd)
-                finally:
-                    os.close(fd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC, 0o600)
+            try:
+                with faults.step(Op.WRITE, name):
+                    for chunk in parts:
+                        _write_all(fd, memoryview(chunk))
+                if durable:
+                    with faults.step(Op.FSYNC, name):
+                        os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._place(tmp, name, defer_sync, durable=durable)
+
+    def _new_tmp(self) -> Path:
+        return self.root / "tmp" / f"{secrets.token_hex(8)}.tmp"
+
+    def _place(self, tmp: Path, name: str, defer_sync: bool, *, durable: bool = True) -> None:
+        """Rename a complete ``tmp`` file to ``name``; a durable one gets its directory fsync'ed."""
+        final = self._path(name)
+        try:
             if not final.parent.is_dir():
                 with faults.step(Op.MKDIR, self._relative(final.parent)):
                     final.parent.mkdir(parents=True, exist_ok=True)
@@ -213,48 +300,21 @@ class LocalBackend(Backend):
         else:
             self._fsync_dir(final.parent)
 
-    def _write_direct(self, tmp: Path, parts: list[bytes | memoryview], name: str) -> bool:
-        """Write ``tmp`` with O_DIRECT and fsync it; False (nothing left behind) if refused."""
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o600)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            self._direct = False
-            return False
-        stage: mmap.mmap | None = getattr(self._stage, "buffer", None)
-        if stage is None:
-            stage = self._stage.buffer = mmap.mmap(-1, self.STAGE)  # page-aligned
-        refused = False
-        try:
-            offset = filled = 0
-            with faults.step(Op.WRITE_DIRECT, name), memoryview(stage) as staged:
-                for chunk in parts:
-                    view = memoryview(chunk).cast("B")
-                    while view:
-                        n = min(len(view), self.STAGE - filled)
-                        staged[filled : filled + n] = view[:n]
-                        filled, view = filled + n, view[n:]
-                        if filled == self.STAGE:
-                            _pwrite_all(fd, staged, offset)
-                            offset, filled = offset + self.STAGE, 0
-                if filled:
-                    padded = -(-filled // self.ALIGN) * self.ALIGN
-                    staged[filled:padded] = bytes(padded - filled)
-                    _pwrite_all(fd, staged[:padded], offset)
-                os.ftruncate(fd, offset + filled)  # drop the padding
-            with faults.step(Op.FSYNC, name):
-                os.fsync(fd)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            refused = True  # e.g. a device block larger than the alignment: write it buffered
-        finally:
-            os.close(fd)
-        if refused:
-            tmp.unlink(missing_ok=True)
-            self._direct = False
-        return not refused
+    def _create(self) -> PendingFile:
+        return _LocalPendingFile(self)
+
+    def _take_stage(self) -> mmap.mmap:
+        with self._lock:
+            if self._stages:
+                return self._stages.pop()
+        return mmap.mmap(-1, self.STAGE)  # page-aligned
+
+    def _give_stage(self, stage: mmap.mmap) -> None:
+        # Never mmap.close(): a view of it kept by an error's traceback would make that raise.
+        # Dropped buffers are unmapped when the last view of them goes.
+        with self._lock:
+            if len(self._stages) < self._SPARE_STAGES:
+                self._stages.append(stage)
 
     def _sync(self) -> None:
         with self._lock:
@@ -351,6 +411,111 @@ class LocalBackend(Backend):
                 if users == 0:
                     os.close(fd)
             self._fds.clear()
+            self._stages.clear()
+
+
+class _LocalPendingFile(PendingFile):
+    """A file written into ``tmp/`` as its pieces come, then fsync'ed and renamed at commit.
+
+    With O_DIRECT (where the file system allows it) the pieces are gathered in a page-aligned
+    staging buffer of ``LocalBackend.STAGE`` bytes, written each time it fills; the last,
+    partial buffer is padded to the alignment, written, and the padding cut off by ftruncate.
+    A file system that refuses O_DIRECT, at open or at the first write, gets ordinary writes.
+    """
+
+    def __init__(self, backend: LocalBackend) -> None:
+        super().__init__(backend)
+        self._local = backend
+        self._tmp = backend._new_tmp()
+        self._where = backend._relative(self._tmp)
+        self._stage: mmap.mmap | None = None
+        self._filled = 0  # bytes waiting in the staging buffer
+        self._offset = 0  # bytes written to the file
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        if backend._direct:
+            try:
+                self._fd = os.open(self._tmp, flags | os.O_DIRECT, 0o600)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                backend._direct = False
+            else:
+                self._stage = backend._take_stage()
+                return
+        self._fd = os.open(self._tmp, flags, 0o600)
+
+    def _append(self, chunks: Iterable[bytes | memoryview]) -> None:
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            while view and self._stage is not None:
+                n = min(len(view), len(self._stage) - self._filled)
+                self._stage[self._filled : self._filled + n] = view[:n]
+                self._filled, view = self._filled + n, view[n:]
+                if self._filled == len(self._stage):
+                    self._write_stage(self._filled)
+            if view:  # without O_DIRECT
+                with faults.step(Op.WRITE, self._where):
+                    _write_all(self._fd, view)
+
+    def _write_stage(self, length: int) -> None:
+        """Write the first ``length`` bytes of the staging buffer (a multiple of the alignment)."""
+        assert self._stage is not None
+        try:
+            with faults.step(Op.WRITE_DIRECT, self._where), memoryview(self._stage) as staged:
+                _pwrite_all(self._fd, staged[:length], self._offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or self._offset:
+                raise
+            self._become_buffered()  # e.g. a device block larger than the alignment
+            return
+        self._offset += length
+        self._filled = 0
+
+    def _become_buffered(self) -> None:
+        """O_DIRECT refused at the first write: reopen without it and write what is staged."""
+        assert self._stage is not None
+        self._local._direct = False
+        os.close(self._fd)
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_TRUNC)
+        stage, filled, self._stage, self._filled = self._stage, self._filled, None, 0
+        try:
+            with faults.step(Op.WRITE, self._where), memoryview(stage) as staged:
+                _write_all(self._fd, staged[:filled])
+        finally:
+            self._local._give_stage(stage)
+
+    def _commit(self, name: str, defer_sync: bool) -> None:
+        if self._stage is not None and self._filled:
+            size = self._offset + self._filled
+            padded = -(-self._filled // self._local.ALIGN) * self._local.ALIGN
+            self._stage[self._filled : padded] = bytes(padded - self._filled)
+            self._write_stage(padded)
+            if self._stage is not None:  # still direct: drop the padding
+                os.ftruncate(self._fd, size)
+        with faults.step(Op.FSYNC, name):
+            os.fsync(self._fd)
+        self._close_fd()
+        self._local._place(self._tmp, name, defer_sync)
+
+    def _abort(self) -> None:
+        self._close_fd()
+        try:
+            self._tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            log.debug("cannot remove %s: %s", self._tmp, exc.strerror)
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._stage is not None:
+            self._local._give_stage(self._stage)
+            self._stage = None
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:

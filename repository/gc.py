@@ -34,7 +34,7 @@ from enum import Enum
 from .exceptions import BlockMissing, CorruptRepository, RepositoryFull
 from .format import FORMAT, BlobType
 from .index import BlobLocation, BlockIndex, IndexEntry
-from .packs import PACK_DIR, PackBuilder, PackLayout, lay_out_packs, pack_name, pack_name_of, pack_path
+from .packs import PACK_DIR, PackBuilder, PackLayout, lay_out_packs, pack_name_of, pack_path
 from .repo import Repository
 from .reserve import ensure_reserve, lock_making_room
 from .stats import reachable_blobs
@@ -488,9 +488,10 @@ def _repack(
     builders: dict[int, PackBuilder] = {}
     written: dict[str, list[IndexEntry]] = {}
     total = sum(plan.sizes[r.pack] for r in plan.repack)
+    backend = repo.backend
     try:
         for repack in plan.repack:
-            data = repo.backend.read(pack_path(repack.pack))
+            data = backend.read(pack_path(repack.pack))
             if on_repack is not None:
                 on_repack(len(data), total)
             for entry in repack.live:
@@ -503,19 +504,24 @@ def _repack(
                 builder = builders.setdefault(n, PackBuilder(repo.config.pack_size))
                 builder.add(header, frame)
                 waiting[n] -= 1
-                if not waiting[n]:
-                    del builders[n]
+                if waiting[n] and builder.spilling:
+                    builder.write(backend, builder.take())
+                elif not waiting[n]:
                     if builder.size != plan.new_packs[n].size:
                         raise AssertionError(
                             f"repacked pack {n} is {builder.size} bytes, planned {plan.new_packs[n].size}"
                         )
-                    name = pack_name(builder.chunks)
-                    repo.backend.write(pack_path(name), builder.chunks)
+                    builder.write(backend, builder.take())
+                    name = builder.commit(backend)
+                    del builders[n]
                     written[name] = builder.entries
-    except RepositoryFull:
-        for name in written:
-            if name not in plan.sizes:  # never a pack that existed before (a reproduced one)
-                repo.backend.delete(pack_path(name))
+    except BaseException as exc:
+        for builder in builders.values():
+            builder.abort()
+        if isinstance(exc, RepositoryFull):
+            for name in written:
+                if name not in plan.sizes:  # never a pack that existed before (a reproduced one)
+                    backend.delete(pack_path(name))
         raise
     return written
 

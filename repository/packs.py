@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from .backend import Backend, PendingFile
 from .exceptions import CorruptRepository
 from .format import FORMAT, FRAME_HEADER_SIZE, BlobType, FrameHeader
 from .index import IndexEntry
 
 PACK_DIR = "data"
+SEGMENT = 8 * 1024 * 1024  # a pack being filled is written in pieces of about this size
 
 
 def pack_path(name: str) -> str:
@@ -33,12 +35,23 @@ def pack_name(chunks: list[bytes]) -> str:
 
 @dataclass
 class PackBuilder:
-    """Frames of one pack being assembled in memory (at most ``target_size`` plus one frame)."""
+    """One pack being filled, the one packer of backups (writer.py) and gc.
+
+    Frames are indexed as they are added; their bytes go to the backend in pieces while the pack
+    fills (``take`` what was added, ``write`` it), so that little is left to write when it is
+    complete; ``commit`` then names it by its content and makes it durable under that name.
+    ``add`` and ``take`` run on the thread filling the pack; ``write``, ``commit`` and ``abort``
+    on one thread writing it, which receives the pieces in order. Until it is committed, what
+    was written lies in the backend's ``tmp/``; ``abort`` removes it.
+    """
 
     target_size: int
-    chunks: list[bytes] = field(default_factory=lambda: [FORMAT.PACK_MAGIC])
     entries: list[IndexEntry] = field(default_factory=list)
     size: int = len(FORMAT.PACK_MAGIC)
+    pending: list[bytes] = field(default_factory=lambda: [FORMAT.PACK_MAGIC])  # added, not yet taken
+    pending_size: int = len(FORMAT.PACK_MAGIC)
+    _file: PendingFile | None = None
+    _hasher: blake3.blake3 = field(default_factory=lambda: blake3.blake3(max_threads=1))
 
     def add(self, header: FrameHeader, frame: bytes) -> None:
         if self.size + len(frame) > FORMAT.MAX_PACK_SIZE:
@@ -46,8 +59,36 @@ class PackBuilder:
         self.entries.append(
             IndexEntry(header.blob_id, header.blob_type, self.size, len(frame), header.raw_len, header.checksum)
         )
-        self.chunks.append(frame)
+        self.pending.append(frame)
         self.size += len(frame)
+        self.pending_size += len(frame)
+
+    def take(self) -> list[bytes]:
+        """The bytes added since the last ``take``, in order, for ``write``."""
+        chunks, self.pending, self.pending_size = self.pending, [], 0
+        return chunks
+
+    def write(self, backend: Backend, chunks: list[bytes]) -> None:
+        """Append what ``take`` returned to the pack's file (begun at the first piece)."""
+        if self._file is None:
+            self._file = backend.create()
+        for chunk in chunks:
+            self._hasher.update(chunk)
+        self._file.append(chunks)
+
+    def commit(self, backend: Backend, *, defer_sync: bool = False) -> str:
+        """Put the pack, written whole, in place under its name (durable as ``Backend.write``
+        makes a file, ``defer_sync`` included) and return the name."""
+        if self.pending_size or self._file is None:
+            raise ValueError("committing a pack with bytes not yet written")
+        name = self._hasher.hexdigest()
+        self._file.commit(pack_path(name), defer_sync=defer_sync)
+        return name
+
+    def abort(self) -> None:
+        """Remove what was written of a pack that will not be committed (nothing after commit)."""
+        if self._file is not None:
+            self._file.abort()
 
     @property
     def full(self) -> bool:
@@ -56,6 +97,11 @@ class PackBuilder:
     @property
     def empty(self) -> bool:
         return not self.entries
+
+    @property
+    def spilling(self) -> bool:
+        """Enough has been added since the last ``take`` to write it as one piece."""
+        return self.pending_size >= SEGMENT
 
 
 def pack_is_full(size: int, target_size: int) -> bool:

@@ -17,19 +17,26 @@ from .codec import Codec
 from .format import FRAME_HEADER_SIZE, BlobType, FrameHeader, SealedKind
 from .index import BlockIndex, IndexEntry, encode_index
 from .locks import Lock
-from .packs import PackBuilder, pack_name, pack_path
+from .packs import PackBuilder, pack_name
 
 INDEX_DIR = "index"
 INDEX_EVERY = 50_000  # entries per index file (about 3 MB before compression)
 PACK_WRITERS = 2  # one pack's fsync overlaps the next one's write
+QUEUED = 2  # pieces of packs waiting for each pack writer
 
 log = logging.getLogger(__name__)
+
+# What the producer hands a pack writer: a pack, its next piece, and whether it is the last one.
+_Piece = tuple[PackBuilder, list[bytes], bool]
 
 
 class BlobWriter:
     """New blobs of one job. ``add`` is called from one thread; packs are written by two others.
 
-    At most two finished packs wait in the queue, so memory stays at a few packs' worth.
+    Each pack goes to one of the pack writers, round robin, and its frames follow in pieces of
+    about ``packs.SEGMENT`` while it fills, so the pack is mostly on disk by the time it is
+    complete; the writer then commits it. At most ``QUEUED`` pieces wait for each writer, so
+    memory stays at a few pieces' worth, whatever the pack size.
 
     A writer is bound to the lock under which its index was read: it deduplicates only while
     that lock is held, and writes no index after it is lost. New blobs become visible to
@@ -43,15 +50,18 @@ class BlobWriter:
         self._codec = codec
         self._index = index
         self._pack_size = pack_size
-        self._builders = {t: PackBuilder(pack_size) for t in BlobType}
+        self._filling: dict[BlobType, tuple[PackBuilder, queue.Queue[_Piece | None]]] = {}
+        self._begun: list[PackBuilder] = []  # packs begun and not yet committed (aborted at close)
         self._pending: set[bytes] = set()
         self._unindexed: dict[str, list[IndexEntry]] = {}
         self._unindexed_count = 0
-        self._queue: queue.Queue[PackBuilder | None] = queue.Queue(maxsize=PACK_WRITERS)
+        self._queues: list[queue.Queue[_Piece | None]] = [queue.Queue(maxsize=QUEUED) for _ in range(PACK_WRITERS)]
+        self._turn = 0
         self._error: BaseException | None = None
-        self._lock = threading.Lock()  # guards the unindexed entries and index writes
+        self._lock = threading.Lock()  # guards the begun packs, the unindexed entries and index writes
         self._threads = [
-            threading.Thread(target=self._run, name=f"vmkeep-pack-writer-{n}", daemon=True) for n in range(PACK_WRITERS)
+            threading.Thread(target=self._run, args=(q,), name=f"vmkeep-pack-writer-{n}", daemon=True)
+            for n, q in enumerate(self._queues)
         ]
         for thread in self._threads:
             thread.start()
@@ -71,11 +81,19 @@ class BlobWriter:
         if self.known(header.blob_id):
             return False
         self._pending.add(header.blob_id)
-        builder = self._builders[header.blob_type]
+        filling = self._filling.get(header.blob_type)
+        if filling is None:
+            filling = self._filling[header.blob_type] = (PackBuilder(self._pack_size), self._queues[self._turn])
+            self._turn = (self._turn + 1) % PACK_WRITERS
+            with self._lock:
+                self._begun.append(filling[0])
+        builder, pieces = filling
         builder.add(header, frame)
         if builder.full:
-            self._builders[header.blob_type] = PackBuilder(self._pack_size)
-            self._put(builder)
+            del self._filling[header.blob_type]
+            self._put(pieces, (builder, builder.take(), True))
+        elif builder.spilling:
+            self._put(pieces, (builder, builder.take(), False))
         return True
 
     def add_tree(self, raw: bytes) -> bytes:
@@ -87,27 +105,34 @@ class BlobWriter:
 
     def flush(self) -> None:
         """Make everything added so far durable and indexed. Call before committing a point."""
-        for blob_type, builder in self._builders.items():
-            if not builder.empty:
-                self._builders[blob_type] = PackBuilder(self._pack_size)
-                self._put(builder)
-        self._queue.join()  # every pack is durable: only now may the last index name them
+        for blob_type in BlobType:
+            filling = self._filling.pop(blob_type, None)
+            if filling is not None:
+                builder, pieces = filling
+                self._put(pieces, (builder, builder.take(), True))
+        for pieces in self._queues:
+            pieces.join()  # every pack is durable: only now may the last index name them
         self._raise_error()
         self._lock_held.check()
         with self._lock:
             self._write_index()
 
     def close(self) -> None:
-        """Stop the pack writers. Blobs added since the last flush are dropped."""
-        for thread in self._threads:
+        """Stop the pack writers. Blobs added since the last flush are dropped, their packs removed."""
+        for pieces, thread in zip(self._queues, self._threads, strict=True):
             if thread.is_alive():
-                self._queue.put(None)
+                pieces.put(None)
         for thread in self._threads:
             thread.join()
+        self._filling.clear()
+        with self._lock:
+            begun, self._begun = self._begun, []
+        for builder in begun:
+            builder.abort()
 
-    def _put(self, item: PackBuilder) -> None:
+    def _put(self, pieces: queue.Queue[_Piece | None], piece: _Piece) -> None:
         self._raise_error()
-        self._queue.put(item)
+        pieces.put(piece)
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -115,23 +140,26 @@ class BlobWriter:
 
     # -- pack writer threads ----------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, pieces: queue.Queue[_Piece | None]) -> None:
         while True:
-            item = self._queue.get()
+            item = pieces.get()
             try:
                 if item is None:
                     return
                 if self._error is None:  # after an error, drain so the producer never blocks
-                    self._write_pack(item)
+                    builder, chunks, last = item
+                    builder.write(self._backend, chunks)
+                    if last:
+                        self._commit_pack(builder)
             except BaseException as exc:
                 self._error = exc
             finally:
-                self._queue.task_done()
+                pieces.task_done()
 
-    def _write_pack(self, builder: PackBuilder) -> None:
-        name = pack_name(builder.chunks)
-        self._backend.write(pack_path(name), builder.chunks, defer_sync=True)  # durable at backend.sync()
+    def _commit_pack(self, builder: PackBuilder) -> None:
+        name = builder.commit(self._backend, defer_sync=True)  # durable at backend.sync()
         with self._lock:
+            self._begun.remove(builder)
             self._unindexed[name] = builder.entries
             self._unindexed_count += len(builder.entries)
             if self._unindexed_count >= INDEX_EVERY:  # names only packs already durable

@@ -7,7 +7,7 @@ from pathlib import Path
 from tests.fixtures.images import make_image, mutate, write_hints
 from tests.fixtures.repos import run_vmkeep
 from vmkeep.repository.format import FRAME_HEADER_SIZE, BlobType, FrameHeader
-from vmkeep.repository.packs import PackBuilder, pack_name, pack_path
+from vmkeep.repository.packs import PackBuilder, pack_path
 from vmkeep.repository.repo import Repository
 from vmkeep.repository.verify import verify
 
@@ -102,7 +102,8 @@ def test_orphan_pack_is_a_warning_not_an_error(repo_path: Path, tmp_path: Path) 
         frame = repo.codec.encode_frame(BlobType.DATA, repo.codec.blob_id(data), data)
         builder = PackBuilder(1 << 20)
         builder.add(FrameHeader.unpack(frame[:FRAME_HEADER_SIZE], "test"), frame)
-        repo.backend.write(pack_path(pack_name(builder.chunks)), builder.chunks)
+        builder.write(repo.backend, builder.take())
+        builder.commit(repo.backend)
         report = verify(repo, read_data=True)
     assert report.ok
     assert any("no index names" in w for w in report.warnings)
