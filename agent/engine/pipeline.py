@@ -8,7 +8,7 @@ threads use every core. At most ``window`` items are in flight, which bounds mem
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -16,7 +16,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int) -> Iterator[R]:
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int) -> Generator[R, None, None]:
     """``map(fn, items)`` on ``workers`` threads, at most ``window`` calls ahead of the consumer."""
     window = max(window, workers)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vmkeep-worker")

@@ -21,6 +21,7 @@ kind of sample of the blocks the map calls unused, which must read as zeros.
 from __future__ import annotations
 
 import random
+from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from vmkeep.repository.repo import Repository
 
 START_SHARE = 4  # 1/START_SHARE of the windows are at the start of the first unchanged blocks
+REPOSITORY_READERS = 8  # threads reading the previous point's blocks for the comparison
 
 
 @dataclass(frozen=True, order=True)
@@ -130,24 +132,33 @@ def check_unchanged_blocks(
     # The previous ids are looked up here, on one thread: the leaf cache needs no lock.
     work = [(w, previous_id(w.block)) for w in windows]
 
-    def compare(item: tuple[Window, bytes]) -> tuple[Window, int, bool]:
-        w, blob_id = item
-        actual = session.read(disk, w.offset, w.length)
-        if blob_id == FORMAT.ZERO_ID:
-            return w, len(actual), len(actual) == w.length and is_zero(actual)
-        inside = w.offset - w.block * block_size
-        expected = memoryview(repo.read_blob(blob_id))[inside : inside + w.length]
-        return w, len(actual), actual == expected
+    def read_source(w: Window) -> bytes:
+        return session.read(disk, w.offset, w.length)
 
-    for w, nbytes, same in ordered_map(compare, work, workers, 2 * workers):
-        record.read_bytes += nbytes
-        record.sanity_bytes += nbytes
-        record.sanity_windows += 1
-        if not same:
-            return (
-                f"change tracking reported block {w.block} unchanged, but its {_span(w)} differ "
-                "from the previous recovery point (CBT sanity check)"
-            )
+    def read_previous(item: tuple[Window, bytes]) -> bytes | None:
+        """The window's bytes in the previous point; None where that block was all zeros."""
+        w, blob_id = item
+        if blob_id == FORMAT.ZERO_ID:
+            return None
+        inside = w.offset - w.block * block_size
+        return repo.read_blob(blob_id)[inside : inside + w.length]
+
+    # Both sides are read at once. The repository's side waits on its disk more than on the CPU
+    # (packs are written with O_DIRECT, so the page cache rarely holds them): 16 cold blocks took
+    # 32-40 ms on 2 threads and 20-24 ms on 4 to 16 here, hence a wider pool of its own.
+    source = ordered_map(read_source, windows, workers, 2 * workers)
+    previous = ordered_map(read_previous, work, REPOSITORY_READERS, 2 * REPOSITORY_READERS)
+    with closing(source), closing(previous):
+        for w, actual, expected in zip(windows, source, previous, strict=True):
+            record.read_bytes += len(actual)
+            record.sanity_bytes += len(actual)
+            record.sanity_windows += 1
+            same = len(actual) == w.length and is_zero(actual) if expected is None else actual == expected
+            if not same:
+                return (
+                    f"change tracking reported block {w.block} unchanged, but its {_span(w)} differ "
+                    "from the previous recovery point (CBT sanity check)"
+                )
     return None
 
 

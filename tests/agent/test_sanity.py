@@ -143,11 +143,16 @@ def test_a_missed_write_inside_a_sampled_window_is_caught(mib_repo: Repository, 
     _write(image, 5 * MiB, b"hinted" * 100)
     window = _windows_for(hinted, 64 * MiB)[-1]  # a random one, not at the start of the disk
     _write(image, window.offset + window.length - 10, b"missed")  # the hints do not name this write
-    point, _reads = _backup(mib_repo, image, write_hints(tmp_path / "h.json", hinted))
+    point, reads = _backup(mib_repo, image, write_hints(tmp_path / "h.json", hinted))
     disk = point.disks[0]
     assert disk.mode == "full" and "CBT sanity check" in (disk.reason or "")
     assert f"block {window.block} unchanged" in (disk.reason or "")
     assert _restored(mib_repo, point, tmp_path) == image.read_bytes()  # read in full: nothing lost
+    # The record counts every byte read, the check's windows included (the check stops at the
+    # first mismatch), and every block once.
+    assert disk.changed_blocks == 64 and 1 <= disk.sanity_windows <= DEFAULT_WINDOWS
+    assert disk.read_bytes == reads == disk.sanity_bytes + 64 * MiB
+    assert disk.sanity_bytes == disk.sanity_windows * WINDOW
 
 
 def test_a_missed_write_outside_every_window_is_not_claimed_to_be_caught(mib_repo: Repository, tmp_path: Path) -> None:
