@@ -9,10 +9,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.fixtures.images import make_image
 from tests.fixtures.repos import run_vmkeep
+from vmkeep.agent import launch
 from vmkeep.agent.cli import COMMAND_MODULES, build_parser
 
 # Libraries an image backup or a restore to a directory has no use for.
@@ -147,3 +149,77 @@ def test_the_programs_exit_runs_the_exit_functions_flushes_and_waits_for_threads
     marker = tmp_path / "late-thread"
     waited = _run_program(str(marker), "points", "--repo", repo)
     assert waited.returncode == 0 and marker.read_text() == "done"
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_the_launchers_table_names_the_commands_whose_r_is_the_repository() -> None:
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    taking_repo = set()
+    for name, parser in commands.choices.items():
+        actions = [a for p in _parsers(parser) for a in p._actions]
+        if any("--repo" in a.option_strings for a in actions):
+            taking_repo.add(name)
+            assert all(a.dest == "repo" for a in actions if "-r" in a.option_strings), name
+    assert taking_repo == launch.REPOSITORY_COMMANDS
+
+
+def test_the_launcher_guesses_only_the_plain_cases() -> None:
+    env = {"VMKEEP_PASSPHRASE": "secret"}
+    guess = launch.early_unlock
+    assert guess(["backup-image", "a.img", "--repo", "r1", "-q"], env) == (Path("r1"), b"secret")
+    assert guess(["-v", "points", "-r", "r2"], env) == (Path("r2"), b"secret")
+    assert guess(["restore", "latest", "--repo=r3"], env) == (Path("r3"), b"secret")
+    assert guess(["points"], {**env, "VMKEEP_REPO": "r4"}) == (Path("r4"), b"secret")
+    assert guess(["points", "--repo", "r5"], {**env, "VMKEEP_REPO": "r4"}) == (Path("r5"), b"secret")
+    # Nothing to start: no passphrase in the environment, a file that overrides it, a command
+    # without a repository (or init, whose repository has no key yet), argparse's harder forms.
+    assert guess(["points", "--repo", "r1"], {}) is None
+    assert guess(["points", "--repo", "r1", "--passphrase-file", "pw"], env) is None
+    assert guess(["init", "r1"], {**env, "VMKEEP_REPO": "r1"}) is None
+    assert guess(["agent", "--config", "a.toml"], {**env, "VMKEEP_REPO": "r1"}) is None
+    assert guess(["points", "-rr1"], env) is None
+    assert guess(["points", "--repo"], env) is None
+
+
+LAUNCH_PROBE = """
+import atexit, sys
+from vmkeep.repository import kdf
+starts, derivations = [], []
+start, compute = kdf.start_deriving, kdf.KdfParams.compute
+def counted_start(*args):
+    starts.append("vmkeep.agent.cli" in sys.modules)
+    start(*args)
+def counted_compute(self, passphrase):
+    derivations.append(1)
+    return compute(self, passphrase)
+kdf.start_deriving, kdf.KdfParams.compute = counted_start, counted_compute
+atexit.register(lambda: print("STARTS", starts, "DERIVATIONS", len(derivations), file=sys.stderr))
+from vmkeep.agent.launch import run
+run()
+"""
+
+
+def test_the_launchers_head_start_is_the_derivation_the_command_uses(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_")} | {"VMKEEP_PASSPHRASE": "pw"}
+    assert run_vmkeep("init", repo, "--encrypt", env={"VMKEEP_PASSPHRASE": "pw"}).code == 0
+
+    def program(*args: str | Path) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-c", LAUNCH_PROBE, *map(str, args)], capture_output=True, text=True, env=env, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr.strip().splitlines()[-1]
+
+    # Begun before the command line was loaded, then taken by the command: one derivation.
+    assert program("points", "--repo", repo) == "STARTS [False, True] DERIVATIONS 1"
+    (tmp_path / "pw").write_text("pw\n")
+    # With a passphrase file the launcher starts nothing; the command starts it after parsing.
+    assert program("points", "--repo", repo, "--passphrase-file", tmp_path / "pw") == "STARTS [True] DERIVATIONS 1"
