@@ -27,8 +27,10 @@ from typing import NoReturn
 REPOSITORY_COMMANDS = frozenset(
     {"points", "info", "forget", "gc", "verify", "unlock", "repair", "backup-image", "backup", "restore", "key"}
 )
-REPO_ENV = "VMKEEP_REPO"  # as agent/commands/common.py
-PASSPHRASE_ENV = "VMKEEP_PASSPHRASE"  # as agent/secrets.py
+# The variables the program reads for the repository and its passphrase, here first; the command
+# line (commands/common.py) and secrets.py take them from here.
+REPO_ENV = "VMKEEP_REPO"
+PASSPHRASE_ENV = "VMKEEP_PASSPHRASE"
 
 
 def early_unlock(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Path, bytes] | None:

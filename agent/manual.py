@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 
-from .commands.common import EXIT_CODES, EXIT_OK, REPO_ENV
-from .secrets import NEW_PASSPHRASE_ENV, PASSPHRASE_ENV, PASSWORD_ENV
+from .commands.common import EXIT_CODES, EXIT_OK
+from .launch import PASSPHRASE_ENV, REPO_ENV
+from .secrets import NEW_PASSPHRASE_ENV, PASSWORD_ENV
 
 # Options whose value is a path: the shell completes file names for them.
 PATH_METAVARS = {"FILE", "DIR", "REPO", "IMAGE"}

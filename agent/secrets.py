@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 
 from .exceptions import ConfigError, PromptCancelled
+from .launch import PASSPHRASE_ENV  # read there first, before anything is loaded
 
-PASSPHRASE_ENV = "VMKEEP_PASSPHRASE"
 NEW_PASSPHRASE_ENV = "VMKEEP_NEW_PASSPHRASE"  # key passwd: the passphrase replacing the current one
 PASSWORD_ENV = "VMKEEP_PASSWORD"
 KEYRING_SERVICE = "vmkeep"

@@ -23,6 +23,7 @@ from vmkeep.repository.exceptions import (
 from .. import secrets
 from ..engine.exceptions import EngineError, Interrupted
 from ..exceptions import AgentError, ConfigError, PromptCancelled
+from ..launch import REPO_ENV
 
 if TYPE_CHECKING:
     from vmkeep.repository.repo import Repository
@@ -61,9 +62,6 @@ def exit_code(exc: BaseException) -> int | None:
         if isinstance(exc, cls):
             return code
     return None
-
-
-REPO_ENV = "VMKEEP_REPO"
 
 
 def repo_options(parser: argparse.ArgumentParser, positional: bool = False) -> None:
