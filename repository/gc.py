@@ -512,7 +512,7 @@ def _repack(
                             f"repacked pack {n} is {builder.size} bytes, planned {plan.new_packs[n].size}"
                         )
                     builder.write(backend, builder.take())
-                    name = builder.commit(backend)
+                    name = builder.commit()
                     del builders[n]
                     written[name] = builder.entries
     except BaseException as exc:

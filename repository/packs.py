@@ -76,7 +76,7 @@ class PackBuilder:
             self._hasher.update(chunk)
         self._file.append(chunks)
 
-    def commit(self, backend: Backend, *, defer_sync: bool = False) -> str:
+    def commit(self, *, defer_sync: bool = False) -> str:
         """Put the pack, written whole, in place under its name (durable as ``Backend.write``
         makes a file, ``defer_sync`` included) and return the name."""
         if self.pending_size or self._file is None:

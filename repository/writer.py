@@ -157,7 +157,7 @@ class BlobWriter:
                 pieces.task_done()
 
     def _commit_pack(self, builder: PackBuilder) -> None:
-        name = builder.commit(self._backend, defer_sync=True)  # durable at backend.sync()
+        name = builder.commit(defer_sync=True)  # durable at backend.sync()
         with self._lock:
             self._begun.remove(builder)
             self._unindexed[name] = builder.entries

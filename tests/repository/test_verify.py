@@ -103,7 +103,7 @@ def test_orphan_pack_is_a_warning_not_an_error(repo_path: Path, tmp_path: Path) 
         builder = PackBuilder(1 << 20)
         builder.add(FrameHeader.unpack(frame[:FRAME_HEADER_SIZE], "test"), frame)
         builder.write(repo.backend, builder.take())
-        builder.commit(repo.backend)
+        builder.commit()
         report = verify(repo, read_data=True)
     assert report.ok
     assert any("no index names" in w for w in report.warnings)
