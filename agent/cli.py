@@ -20,6 +20,7 @@ from .commands.common import EXIT_FAILURE, exit_code, start_unlocking
 from .engine import cancel
 from .engine.exceptions import Interrupted
 from .exceptions import PromptCancelled
+from .launch import command_of
 from .output import print_json
 
 PROG = "vmkeep"
@@ -61,11 +62,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name in modules:
         importlib.import_module(f"{__package__}.commands.{name}").add_parsers(sub)
     return parser
-
-
-def command_of(argv: Sequence[str]) -> str | None:
-    """The command word of ``argv``: the first argument that is not an option (no global option takes a value)."""
-    return next((a for a in argv if not a.startswith("-")), None)
 
 
 class _VersionAction(argparse.Action):

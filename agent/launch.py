@@ -33,10 +33,14 @@ REPO_ENV = "VMKEEP_REPO"
 PASSPHRASE_ENV = "VMKEEP_PASSPHRASE"
 
 
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv``: the first argument that is not an option (no global option takes a value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def early_unlock(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Path, bytes] | None:
     """The repository and passphrase a command will most likely open, or None to start nothing."""
-    words = [a for a in argv if not a.startswith("-")]
-    if not words or words[0] not in REPOSITORY_COMMANDS:
+    if command_of(argv) not in REPOSITORY_COMMANDS:
         return None
     passphrase = environ.get(PASSPHRASE_ENV, "")
     repo = environ.get(REPO_ENV, "")
