@@ -20,6 +20,7 @@ from .commands.common import EXIT_FAILURE, exit_code, start_unlocking
 from .engine import cancel
 from .engine.exceptions import Interrupted
 from .exceptions import PromptCancelled
+from .extras import missing_extra
 from .launch import command_of
 from .output import print_json
 
@@ -97,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (KeyboardInterrupt, Exception) as exc:
+    except (KeyboardInterrupt, Exception) as raised:
+        exc = missing_extra(raised, f"{PROG} {args.command}") or raised
         status = exit_code(exc)
         if status is None:
             if args.debug:

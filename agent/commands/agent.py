@@ -7,8 +7,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..config.kinds import LogFormat
 from ..config.load import LoadedConfig
-from ..config.model import LogFormat
 from ..exceptions import AgentError, ConfigError
 from ..output import human_duration, human_size, print_json, print_table
 from .common import EXIT_FAILURE, EXIT_OK, json_option

@@ -12,6 +12,7 @@ from vmkeep.repository.exceptions import RepositoryError
 
 from ..config.load import CONFIG_ENV, InvalidConfig, LoadedConfig, find_config, load_config
 from ..exceptions import ConfigError
+from ..extras import extra_error
 from ..output import print_json
 from .common import EXIT_OK, json_option
 
@@ -117,7 +118,7 @@ def _check_repositories(cfg: LoadedConfig) -> list[dict[str, Any]]:
 
 def _check_executor(cfg: LoadedConfig) -> list[dict[str, Any]]:
     """With executor = "celery": log in to the broker's Redis (Celery itself is not needed for that)."""
-    from ..config.model import ExecutorType
+    from ..config.kinds import ExecutorType
 
     executor = cfg.config.executor
     if executor.type != ExecutorType.CELERY:
@@ -134,7 +135,7 @@ def _check_executor(cfg: LoadedConfig) -> list[dict[str, Any]]:
     except ConfigError as exc:
         error = str(exc)
     except ImportError as exc:
-        error = f"the fleet needs its extra dependencies: pip install 'vmkeep[fleet]' ({exc})"
+        error = str(extra_error("fleet", exc, "the celery executor"))
     except Exception as exc:  # redis-py's connection and authentication errors
         error = f"{type(exc).__name__}: {exc}"
     return [{"key": "executor", "what": f"log in to the broker {executor.broker}", "error": error}]

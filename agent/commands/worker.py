@@ -7,7 +7,7 @@ import logging
 import socket
 import warnings
 
-from ..config.model import LogFormat
+from ..config.kinds import LogFormat
 from ..exceptions import ConfigError
 from .config import config_options, loaded
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import ConfigError
+from ..extras import extra_error
 
 CONFIG_ENV = "VMKEEP_CONFIG"
 STATE_ENV = "STATE_DIRECTORY"  # set by systemd's StateDirectory=
@@ -71,7 +72,7 @@ def parse_config(text: str, path: Path, state_dir: Path | None = None) -> Loaded
 
         from .model import Config
     except ImportError as exc:
-        raise ConfigError(f"the agent needs its extra dependencies: pip install 'vmkeep[agent]' ({exc})") from None
+        raise extra_error("agent", exc, "the job file") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

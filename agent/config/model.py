@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from vmkeep.repository.retention import RetentionPolicy
 
 from ..engine.limits import CONCURRENCY, SNAPSHOTS_PER_DATASTORE, SNAPSHOTS_PER_HOST
+from .kinds import ExecutorType, LogFormat, Routing, SourceType
 from .schedule import Schedule
 
 Count = Annotated[int, Field(ge=0)]
@@ -26,16 +26,6 @@ Positive = Annotated[int, Field(ge=1)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class SourceType(StrEnum):
-    VSPHERE = "vsphere"
-    HYPERV = "hyperv"
-
-
-class LogFormat(StrEnum):
-    TEXT = "text"
-    JSON = "json"
 
 
 def _expand(path: str) -> Path:
@@ -229,17 +219,6 @@ class AgentConfig(_Strict):
             if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise ValueError(f"listen is HOST:PORT, e.g. 127.0.0.1:9180; got {value!r}")
         return value
-
-
-class ExecutorType(StrEnum):
-    LOCAL = "local"  # in the agent's process (the default)
-    CELERY = "celery"  # on `vmkeep worker` processes, through Celery and Redis
-
-
-class Routing(StrEnum):
-    HOST = "host"  # each VM's task goes to the queue of its host: vmkeep.host.<moref>
-    DATASTORE = "datastore"  # to the queue of its first datastore: vmkeep.datastore.<moref>
-    NONE = "none"  # every task to one queue, vmkeep
 
 
 class ExecutorConfig(_Strict):

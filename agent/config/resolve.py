@@ -13,7 +13,8 @@ from vmkeep.repository.repo import Repository
 
 from .. import secrets
 from ..exceptions import ConfigError
-from .model import RepositoryConfig, SourceConfig, SourceType
+from .kinds import SourceType
+from .model import RepositoryConfig, SourceConfig
 
 if TYPE_CHECKING:
     from vmkeep.hypervisors.platforms import Endpoint, PlatformKind

@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from ..config.model import LogFormat
+from ..config.kinds import LogFormat
 from ..engine.jobs import current_task
 
 log = logging.getLogger("vmkeep.agent")

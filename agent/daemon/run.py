@@ -24,6 +24,7 @@ from ..engine.cancel import CancelToken
 from ..engine.exceptions import Interrupted
 from ..engine.jobs import BackupTask, Executor, RetryPolicy, TaskOptions, VmResult, VmStatus, run_tasks
 from ..exceptions import AgentError
+from ..extras import extra_error
 from ..history import History, RunStatus, Trigger
 from ..output import human_size
 from .logs import event
@@ -151,7 +152,7 @@ def run_job(
 def executor_of(cfg: LoadedConfig) -> Executor | None:
     """The job file's executor; None for the default (threads in this process). Celery is
     imported only when the job file asks for it."""
-    from ..config.model import ExecutorType
+    from ..config.kinds import ExecutorType
 
     if cfg.config.executor.type != ExecutorType.CELERY:
         return None
@@ -159,7 +160,7 @@ def executor_of(cfg: LoadedConfig) -> Executor | None:
         from ..fleet.executor import CeleryExecutor
         from ..fleet.settings import FleetSettings, vmkeep_version
     except ImportError as exc:
-        raise JobFailed(f"the celery executor needs the fleet extra: pip install 'vmkeep[fleet]' ({exc})") from None
+        raise JobFailed(str(extra_error("fleet", exc, "the celery executor"))) from None
     agent = cfg.config.agent
     try:
         executor = CeleryExecutor(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..extras import extra_error
 from .exceptions import FleetConfigError
 from .settings import FleetSettings
 
@@ -29,7 +30,7 @@ def make_app(settings: FleetSettings) -> Celery:
     try:
         from celery import Celery
     except ImportError as exc:
-        raise FleetConfigError(f"the fleet needs its extra dependencies: pip install 'vmkeep[fleet]' ({exc})") from None
+        raise FleetConfigError(str(extra_error("fleet", exc, "the celery executor"))) from None
     app = Celery("vmkeep", set_as_current=False)
     app.conf.update(settings.celery_conf())
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import secrets
+from ..config.kinds import ExecutorType, Routing
 from ..config.load import LoadedConfig
-from ..config.model import ExecutorConfig, ExecutorType, Routing
+from ..config.model import ExecutorConfig
 from ..engine.jobs import BackupTask
 from .exceptions import FleetConfigError
 
