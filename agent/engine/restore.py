@@ -4,21 +4,21 @@ Blocks are read from packs, checked (checksum, authentication, id) and decompres
 worker threads. All-zero blocks are never read: a file target leaves holes, a stream target
 (an HTTP upload) gets zeros, in disk order.
 
-Files are written with O_DIRECT where the file system allows it: each worker writes its own
-blocks from a page-aligned buffer, so a restore neither copies the disk through the page cache
-nor waits for a final fsync to flush gigabytes of it (on the project's VM: 1.9 s instead of
-3.0 s for 2 GiB, and a fifth of the kernel CPU). Elsewhere (tmpfs) the main thread writes
-through the page cache, starting write-back every 64 MiB.
+Each worker writes the blocks it decoded, through the page cache; behind the workers, every
+64 MiB of the disk done, write-back is started and the written pages dropped, so the final fsync
+waits for the last window only and the cache never holds much of the disk. Measured on the
+project's VM (a 768 MiB image, 576 MiB of it non-zero, cache dropped, timed until ``sync``,
+5 interleaved rounds): 1.25 s, against 1.83 s with O_DIRECT writes from the workers (which an
+earlier version used), 1.45 s with one thread doing all the writes, 1.46 s for ``dd
+oflag=direct`` of the same blocks. On a 4 GiB image all of them ran at the disk's speed.
 """
 
 from __future__ import annotations
 
-import errno
-import mmap
 import os
 import re
-import threading
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,7 +36,6 @@ from .progress import Progress
 
 ZERO = FORMAT.ZERO_ID
 WRITEBACK_EVERY = 64 * 1024 * 1024
-DIRECT_ALIGN = 4096  # O_DIRECT: buffer, offset and length aligned to the device's block (512 or 4096)
 
 
 @dataclass(frozen=True)
@@ -101,90 +100,47 @@ def restore_disk_to_file(
         raise RestoreTargetError(f"{path} exists already; vmkeep never overwrites a file on restore") from None
     except OSError as exc:
         raise RestoreTargetError(f"cannot create {path}: {exc.strerror}") from None
-    direct = _open_direct(path)
     try:
         os.ftruncate(fd, disk.capacity)
-        if direct is not None:
-            try:
-                _write_direct(repo, disk, direct, workers, progress)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # e.g. a device block larger than 4 KiB: write it again, buffered
-                    raise
-                _write_buffered(repo, disk, fd, workers, progress)
-            os.ftruncate(fd, disk.capacity)  # drop the padding of a short last block
-        else:
-            _write_buffered(repo, disk, fd, workers, progress)
+        _write_blocks(repo, disk, fd, workers, progress)
         os.fsync(fd)
     except OSError as exc:
-        _discard(path, fd, direct)
+        _discard(path, fd)
         raise RestoreTargetError(f"writing {path}: {exc.strerror}") from None
     except BaseException:
-        _discard(path, fd, direct)
+        _discard(path, fd)
         raise
-    if direct is not None:
-        os.close(direct)
     os.close(fd)
     return RestoredDisk(disk.key, str(path), disk.capacity)
 
 
-def _open_direct(path: Path) -> int | None:
-    """A second descriptor with O_DIRECT, or None where the file system refuses it (tmpfs)."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return None
-    try:
-        return os.open(path, os.O_WRONLY | flag)
-    except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-            return None
-        raise
+def _write_blocks(repo: Repository, disk: DiskRecord, fd: int, workers: int, progress: Progress) -> None:
+    """Each worker reads, checks and decodes a block and writes it at its offset; behind them, in disk
+    order, write-back of every ``WRITEBACK_EVERY`` bytes done is started and their pages dropped."""
 
-
-def _write_direct(repo: Repository, disk: DiskRecord, fd: int, workers: int, progress: Progress) -> None:
-    """Workers decode and write their own blocks with O_DIRECT, from page-aligned buffers."""
-    local = threading.local()
-    size = -(-repo.config.block_size // DIRECT_ALIGN) * DIRECT_ALIGN
-
-    def write(item: tuple[int, bytes]) -> int:
+    def write(item: tuple[int, bytes]) -> tuple[int, int]:
         offset, blob_id = item
         data = repo.read_blob(blob_id)
-        buffer: mmap.mmap | None = getattr(local, "buffer", None)
-        if buffer is None:
-            buffer = local.buffer = mmap.mmap(-1, size)  # anonymous mappings are page-aligned
-        padded = -(-len(data) // DIRECT_ALIGN) * DIRECT_ALIGN
-        buffer[: len(data)] = data
-        buffer[len(data) : padded] = bytes(padded - len(data))
-        with memoryview(buffer) as view:
-            done = 0
-            while done < padded:
-                done += os.pwrite(fd, view[done:padded], offset + done)
-        return len(data)
-
-    threads = max(workers, 4)  # direct writes wait on the device: keep its queue busy
-    for nbytes in ordered_map(write, stored_blocks(repo, disk), threads, 2 * threads):
-        cancel.check()
-        progress.advance(nbytes)
-
-
-def _write_buffered(repo: Repository, disk: DiskRecord, fd: int, workers: int, progress: Progress) -> None:
-    flushed = 0
-    for offset, data in iter_disk_blocks(repo, disk, workers):
-        cancel.check()
         view = memoryview(data)
         while view:
             view = view[os.pwrite(fd, view, offset + len(data) - len(view)) :]
-        progress.advance(len(data))
-        if offset - flushed >= WRITEBACK_EVERY:
-            # Start write-back of what is done (Linux starts it on DONTNEED), so the final
-            # fsync does not wait for the whole disk, and the page cache holds little of it.
-            os.posix_fadvise(fd, flushed, offset - flushed, os.POSIX_FADV_DONTNEED)
-            flushed = offset
+        return offset + len(data), len(data)
+
+    flushed = 0
+    # closing(): on an error or an interruption, every worker has stopped writing before fd is closed
+    with closing(ordered_map(write, stored_blocks(repo, disk), workers, 4 * workers)) as written:
+        for end, nbytes in written:
+            cancel.check()
+            progress.advance(nbytes)
+            if end - flushed >= WRITEBACK_EVERY:
+                # Linux starts write-back of the range on DONTNEED and drops its pages once clean: the
+                # final fsync waits for the last window only, and the page cache holds little of the disk.
+                os.posix_fadvise(fd, flushed, end - flushed, os.POSIX_FADV_DONTNEED)
+                flushed = end
 
 
-def _discard(path: Path, fd: int, direct: int | None) -> None:
-    for descriptor in (direct, fd):
-        if descriptor is not None:
-            os.close(descriptor)
+def _discard(path: Path, fd: int) -> None:
+    os.close(fd)
     path.unlink(missing_ok=True)
 
 

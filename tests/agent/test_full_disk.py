@@ -52,8 +52,8 @@ def test_backup_onto_a_full_disk_fails_cleanly(small_fs: Path, tmp_path: Path) -
     assert run_vmkeep("backup-image", small, "--repo", repo).code == 0
 
 
-def test_restore_onto_a_file_system_without_direct_io(small_fs: Path, tmp_path: Path) -> None:
-    """tmpfs refuses O_DIRECT: the restore falls back to writing through the page cache."""
+def test_restore_onto_another_file_system(small_fs: Path, tmp_path: Path) -> None:
+    """A restore onto tmpfs (no O_DIRECT there, no write-back to start), with a short last block."""
     repo = tmp_path / "repo"
     assert run_vmkeep("init", repo, "--block-size", "64K").code == 0
     image = make_image(tmp_path / "odd.img", 1_000_003, seed=5)  # a short last block too
@@ -61,6 +61,21 @@ def test_restore_onto_a_file_system_without_direct_io(small_fs: Path, tmp_path: 
     restored = run_vmkeep("restore", "latest", "--repo", repo, "--to-dir", small_fs / "out", "--json")
     assert restored.code == 0, restored.err
     assert Path(json.loads(restored.out)["disks"][0]["path"]).read_bytes() == image.read_bytes()
+
+
+def test_restore_onto_a_full_file_system_fails_cleanly(small_fs: Path, tmp_path: Path) -> None:
+    """The workers meet ENOSPC writing the disk: one error line, and no partial file is left."""
+    repo = tmp_path / "repo"
+    assert run_vmkeep("init", repo).code == 0
+    image = make_image(tmp_path / "big.img", 12 * 1024 * 1024, seed=6)  # more than the 8 MiB file system
+    assert run_vmkeep("backup-image", image, "--repo", repo).code == 0
+    out = small_fs / "out"
+    restored = run_vmkeep("restore", "latest", "--repo", repo, "--to-dir", out)
+    assert_one_line_error(restored, "writing ", "No space left on device")
+    assert restored.code == 1
+    assert list(out.iterdir()) == []
+    again = run_vmkeep("restore", "latest", "--repo", repo, "--to-dir", tmp_path / "out", "--json")
+    assert Path(json.loads(again.out)["disks"][0]["path"]).read_bytes() == image.read_bytes()
 
 
 def _fill(fs: Path) -> Path:
