@@ -34,7 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..engine.cancel import CancelToken
-from .settings import KEY_PREFIX
+from .settings import KEY_PREFIX, LUA_NOW_MS
 
 if TYPE_CHECKING:
     import redis
@@ -61,13 +61,13 @@ return 0
 # worker holds it; -1: Redis lost the run's records (its mark is gone, or the agent noticed the loss a
 # moment ago and set the mark to when claims are safe again): wait, so a worker still running this
 # task has a whole lease to claim it again first.
-_CLAIM = """
+_CLAIM = (
+    LUA_NOW_MS
+    + """
 local mark = redis.call('GET', KEYS[2])
 if not mark then
   return -1
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now < tonumber(mark) then
   return -1
 end
@@ -76,14 +76,16 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return 0
 """
+)
 
 # KEYS[1] the run's mark; ARGV: the lease in ms. Claims may be taken again a lease from now.
-_MARK_LOSS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_MARK_LOSS = (
+    LUA_NOW_MS
+    + """
 redis.call('SET', KEYS[1], now + tonumber(ARGV[1]), 'EX', ARGV[2])
 return now
 """
+)
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 
 DEFAULT_QUEUE = "vmkeep"
 KEY_PREFIX = "vmkeep:fleet:"
+# The first lines of the fleet's Lua scripts: ``now``, Redis's own clock in milliseconds, so that
+# the workers' clocks never matter.
+LUA_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
 
 
 def vmkeep_version() -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..engine.cancel import CancelToken
 from ..engine.jobs import BackupTask
-from .settings import KEY_PREFIX
+from .settings import KEY_PREFIX, LUA_NOW_MS
 
 if TYPE_CHECKING:
     import redis
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("vmkeep.agent.fleet.slots")
 
 # KEYS[1] the set; ARGV: holder, limit, ttl in ms. 1 if the holder has a slot now.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_ACQUIRE = (
+    LUA_NOW_MS
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
@@ -42,13 +42,14 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return 0
 """
+)
 
 # KEYS: the sets; ARGV: holder, ttl in ms. How many of the holds were still there to refresh. A hold
 # that is gone (Redis restarted empty, or the holder was cut off longer than the ttl) is taken again:
 # its snapshot exists, so it counts against the limit, even if that puts the set above it for a while.
-_REFRESH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_REFRESH = (
+    LUA_NOW_MS
+    + """
 local kept = 0
 for i, key in ipairs(KEYS) do
   if redis.call('ZSCORE', key, ARGV[1]) then
@@ -59,6 +60,7 @@ for i, key in ipairs(KEYS) do
 end
 return kept
 """
+)
 
 
 def slot_keys(task: BackupTask) -> list[str]:
