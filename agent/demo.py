@@ -29,6 +29,7 @@ from vmkeep.repository.repo import Repository
 
 from .engine.backup import BackupOptions, backup_vm
 from .engine.restore import restore_point_to_dir
+from .exceptions import ConfigError
 from .output import human_duration, human_size, rate
 
 MiB = 1024 * 1024
@@ -130,11 +131,25 @@ def run_vsphere_demo(workdir: Path | None, size: int, say: Callable[[str], None]
     from vmkeep.hypervisors.vsphere.connection import ConnectionSettings, VSphereConnection
     from vmkeep.hypervisors.vsphere.restore import VsphereRestoreTarget, restore_vm
     from vmkeep.hypervisors.vsphere.session import VSphereSession
-    from vmkeep.hypervisors.vsphere.simulator import Simulator, SimulatorOptions, build, needs_build
+    from vmkeep.hypervisors.vsphere.simulator import (
+        ENV_VCSIM_DIR,
+        Simulator,
+        SimulatorError,
+        SimulatorOptions,
+        build,
+        needs_build,
+        vcsim_dir,
+    )
     from vmkeep.hypervisors.vsphere.simulator_tls import make_tls_material
 
     from .engine.restore import disk_images
 
+    if not (vcsim_dir() / "build.sh").is_file():
+        raise ConfigError(
+            f"the vSphere demo runs the vcsim/ simulator, which comes with vmkeep's source, not with the package "
+            f"(no {vcsim_dir()}): run it from a checkout (./install.sh && .venv/bin/vmkeep demo) or set "
+            f"${ENV_VCSIM_DIR} to one's vcsim/ directory; 'vmkeep demo --image' needs no simulator"
+        )
     base = _fresh_workdir(workdir)
     result = DemoResult(str(base), say)
     step = result.step
@@ -142,7 +157,12 @@ def run_vsphere_demo(workdir: Path | None, size: int, say: Callable[[str], None]
     rebuild = needs_build()
     if rebuild:
         say("building vcsim/ (the first build takes about half a minute)...")
-    binary = build()
+    try:
+        binary = build()
+    except SimulatorError as exc:  # no Go compiler, no govmomi sources...: vcsim/build.sh tells why
+        raise ConfigError(
+            f"cannot build the simulator: {str(exc).splitlines()[0]} (run vcsim/build.sh to see why)"
+        ) from None
     step("simulator", f"built {binary}" if rebuild else f"{binary} (up to date)")
     tls = make_tls_material(base / "tls")
     vm_name = "DC0_H0_VM0"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fixtures.repos import run_vmkeep
+from tests.fixtures.repos import assert_one_line_error, run_vmkeep
 
 
 def test_vsphere_demo_passes(vcsim_binary: Path, tmp_path: Path) -> None:
@@ -48,6 +48,17 @@ def test_size_in_plain_mib_and_the_temporary_directory_removed_unless_kept(tmp_p
     doc = json.loads(kept.out)
     assert doc["kept"] and Path(doc["workdir"]).parent == scratch
     assert (Path(doc["workdir"]) / "repo" / "config").exists()
+
+
+def test_without_the_simulators_sources_the_vsphere_demo_says_what_to_do(tmp_path: Path) -> None:
+    """A pip install has no vcsim/ (as $VMKEEP_VCSIM_DIR pointing at an empty directory makes it here)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"VMKEEP_VCSIM_DIR": str(tmp_path / "no-vcsim"), "TMPDIR": str(scratch)}
+    result = run_vmkeep("demo", "--size", "8", env=env)
+    assert_one_line_error(result, "vcsim/", "./install.sh", "VMKEEP_VCSIM_DIR", "'vmkeep demo --image'")
+    assert result.code == 2
+    assert list(scratch.iterdir()) == []
 
 
 def test_help_shows_percent_signs_as_they_are() -> None:
