@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +19,16 @@ from .. import secrets
 from ..exceptions import ConfigError
 from ..output import human_size, parse_size, print_json, print_table
 from ..terminal import byte_progress, count_progress
+from . import hyperv
 from .common import EXIT_DAMAGED, EXIT_OK, json_option, no_lock_option, open_repository, repo_options, repo_path
+from .vsphere import endpoint_from, host_options, tls_options
 
 if TYPE_CHECKING:
+    from vmkeep.hypervisors.platforms import PlatformKind
     from vmkeep.repository.gc import MaxUnused
     from vmkeep.repository.repo import Repository
+
+    from ..engine.compare import Comparison
 
 # The storage modules (codec, packs, index, repo) are imported by the commands that run, not when
 # the options are parsed: the passphrase's key is derived meanwhile (cli.main, start_unlocking).
@@ -137,9 +143,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "verify",
         help="check the repository, or a recovery point against its source",
         description="Check the repository's structure; with --read-data also re-read and re-check every block. "
-        "With --against-source IMAGE, instead compare a recovery point with the live image, block by block: "
-        "the only proof that a change list missed nothing (the CBT sanity check samples; it cannot prove that). "
-        "Exits with status 3 when it finds damage or a difference.",
+        "With --against-source IMAGE or --against-vm NAME, instead compare a recovery point with its source, "
+        "block by block: the only proof that a change list missed nothing (the CBT sanity check samples; it "
+        "cannot prove that). Exits with status 3 when it finds damage or a difference.",
     )
     repo_options(p)
     p.add_argument("--read-data", action="store_true", help="read and check every stored byte")
@@ -159,6 +165,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     source.add_argument(
         "--workers", type=int, default=os.cpu_count() or 2, metavar="N", help="reader threads (default: CPUs)"
     )
+    vm = p.add_argument_group(
+        "compare with a VM",
+        "The VM's disks are read from a snapshot (vSphere) or checkpoint (Hyper-V) taken for the comparison and "
+        "removed after it. The VM must hold the state the point was taken from (powered off since, or not "
+        "written to): what its guest wrote after the backup shows as a difference.",
+    )
+    vm.add_argument("--against-vm", metavar="NAME", help="compare a point (default: latest:NAME) with this VM")
+    host_options(vm, required=False)
+    vm.add_argument("--user", "-u", help="the host's user")
+    vm.add_argument("--password-file", type=Path, metavar="FILE", help="the host's password file ($VMKEEP_PASSWORD)")
+    tls_options(vm)
+    hyperv.smb_options(vm)
     no_lock_option(p)
     json_option(p)
     p.set_defaults(func=cmd_verify)
@@ -380,7 +398,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
                     | {"kept": len(chain.kept), "removed": len(chain.removed), "keeps_none": chain.keeps_none}
                     for chain in chains
                 ],
-                "warnings": warnings,
+                "warnings": list(warnings),
             }
         )
         return EXIT_OK
@@ -482,8 +500,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from vmkeep.repository.packs import PACK_DIR
     from vmkeep.repository.verify import verify
 
+    if args.against_source is not None and args.against_vm is not None:
+        raise ConfigError("compare with one source: --against-source IMAGE or --against-vm NAME")
+    if args.server is not None and args.against_vm is None:
+        raise ConfigError(f"{args.host_option} goes with --against-vm NAME")
     if args.against_source is not None:
         return verify_against_source(args)
+    if args.against_vm is not None:
+        return verify_against_vm(args)
     if args.point is not None or args.name is not None:
         raise ConfigError("--point and --name go with --against-source IMAGE")
     with open_repository(args) as repo:
@@ -575,20 +599,65 @@ def verify_against_source(args: argparse.Namespace) -> int:
     ):
         point = repo.find_point(args.point or f"latest:{session.vm_name}")
         result = compare_with_source(repo, point, session, max(1, args.workers), TerminalProgress(quiet=args.json))
+    return report_comparison(args, result, str(args.against_source))
+
+
+def verify_against_vm(args: argparse.Namespace) -> int:
+    """Compare a point with a VM's disks, read from a snapshot (checkpoint) taken for it and removed after."""
+    from vmkeep.hypervisors.exceptions import SourceError
+    from vmkeep.hypervisors.platforms import SessionOptions, login_and_open, platform_kind, platform_vm
+
+    from ..engine.compare import compare_with_source
+    from ..terminal import TerminalProgress
+
+    kind: PlatformKind | None = args.platform
+    if kind is None:
+        raise ConfigError("--against-vm needs the VM's host: --vcenter URL or --hyperv HOST, with --user")
+    if not args.user:
+        raise ConfigError(f"{args.host_option} needs --user")
+    if args.read_data or args.name is not None:
+        raise ConfigError("--against-vm compares with the VM; --read-data and --name go without it")
+    endpoint = endpoint_from(args, kind)  # a refused URL or TLS option fails before the repository is opened
+    with open_repository(args) as repo, repo.read_lock("verify"):
+        point = repo.find_point(args.point or f"latest:{args.against_vm}")
+        try:
+            made_by: PlatformKind | None = platform_kind(point.source.get("type"))
+        except SourceError:
+            made_by = None
+        if made_by != kind:
+            what = platform_vm(made_by) if made_by is not None else f"a source of type {point.source.get('type')!r}"
+            raise ConfigError(
+                f"point {point.short_id} was made from {what}, not {platform_vm(kind)}: {args.host_option} "
+                "cannot be its source"
+            )
+        options = SessionOptions(quiesce=False)  # the disks as they are: nothing to make consistent
+        with login_and_open(kind, endpoint, args.against_vm, options) as session:
+            progress = TerminalProgress(quiet=args.json)
+            result = compare_with_source(repo, point, session, max(1, args.workers), progress)
+        warnings = (*session.warnings, *session.close_warnings)  # e.g. a snapshot it could not remove
+    for warning in warnings:
+        print(f"vmkeep: warning: {args.against_vm}: {warning}", file=sys.stderr)
+    return report_comparison(args, result, f"VM {args.against_vm} on {args.server}", warnings)
+
+
+def report_comparison(args: argparse.Namespace, result: Comparison, source: str, warnings: tuple[str, ...] = ()) -> int:
+    """Print a comparison (text or --json); the exit status: 0 identical, 3 differences."""
+    point = result.point
     if args.json:
         print_json(
             {
                 "point": point.id,
                 "vm": point.vm,
-                "source": str(args.against_source),
+                "source": source,
                 "block_size": result.block_size,
                 "identical": result.identical,
                 "disks": [vars(d) | {"identical": d.identical} for d in result.disks],
                 "source_only": result.source_only,
+                "warnings": list(warnings),
             }
         )
         return EXIT_OK if result.identical else EXIT_DAMAGED
-    print(f"compared recovery point {point.short_id} of {point.vm} with {args.against_source}")
+    print(f"compared recovery point {point.short_id} of {point.vm} with {source}")
     for d in result.disks:
         if d.source_capacity is None:
             print(f"  disk {d.key}: not in the source")

@@ -82,6 +82,31 @@ def test_vms_backup_and_restore_through_the_cli(
     assert point.source["type"] == "hyperv"
 
 
+def test_verify_against_the_vm_reads_a_checkpoint_and_finds_what_the_guest_wrote_since(
+    hyperv_lab: HypervLab, hyperv_account: HypervAccount, repo_path: Path
+) -> None:
+    host = hyperv_lab.host
+    host.create_vm(VM, (4 * MiB,))
+    random_writes(host, VM, 6, seed=31)
+    env = {"VMKEEP_PASSWORD": hyperv_account.password}
+    options = _host_options(hyperv_lab, hyperv_account)
+    point = backed_up(run_vmkeep("backup", *options, "--vm", VM, "--repo", repo_path, "--json", env=env))
+
+    same = run_vmkeep("verify", "--repo", repo_path, "--against-vm", VM, *options, "--json", env=env)
+    assert same.code == 0, same.err
+    doc = json.loads(same.out)
+    assert doc["identical"] is True and doc["point"] == point["id"]
+    assert doc["disks"][0]["bytes_read"] == 4 * MiB
+    assert host.checkpoints(VM) == []
+
+    host.guest_write(VM, 3 * MiB + 512, b"written after the backup")
+    moved = run_vmkeep("verify", "--repo", repo_path, "--against-vm", VM, *options, "--json", env=env)
+    assert moved.code == 3, moved.err
+    [disk] = json.loads(moved.out)["disks"]
+    assert disk["differing_blocks"] == 1 and disk["first_differences"] == [3 * MiB]
+    assert host.checkpoints(VM) == []
+
+
 def test_cli_errors_are_one_line(hyperv_lab: HypervLab, hyperv_account: HypervAccount, repo_path: Path) -> None:
     hyperv_lab.host.create_vm(VM, (4 * MiB,))
     options = _host_options(hyperv_lab, hyperv_account)
