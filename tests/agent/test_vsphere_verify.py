@@ -4,7 +4,12 @@ for the comparison (and removed after it) over the same HTTP transport as a back
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from tests.fixtures.images import make_image
@@ -73,3 +78,33 @@ def test_a_point_of_an_image_or_a_host_without_the_vm_option_is_refused_in_one_l
     assert_one_line_error(both, "compare with one source")
     no_host = run_cli(vcsim, "verify", "--repo", repo, "--against-vm", VM)
     assert_one_line_error(no_host, "--against-vm needs the VM's host")
+
+
+def test_sigterm_mid_comparison_removes_the_snapshot(vcsim: Vcsim, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert run_vmkeep("init", repo).code == 0
+    backup = run_cli(vcsim, "backup", *cli_connection(vcsim), "--vm", VM, "--repo", repo)
+    assert backup.code == 0, backup.err
+    vcsim.api.delay(2.0, path_contains="-flat.vmdk", count=100_000)  # each read of the disk takes 2 s
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_")} | {"VMKEEP_PASSWORD": vcsim.password}
+    args = ["verify", "--repo", str(repo), "--against-vm", VM, *cli_connection(vcsim)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmkeep.agent.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not vcsim.api.state(VM).snapshots:
+        assert proc.poll() is None and time.monotonic() < deadline, "no snapshot appeared"
+        time.sleep(0.05)
+    time.sleep(0.3)  # reading now
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert (
+        err.strip().splitlines()[-1] == "vmkeep: error: interrupted; the job was cleaned up and nothing was committed"
+    )
+    assert "Traceback" not in err and "identical" not in out
+    assert vcsim.api.state(VM).snapshots == ()
