@@ -21,7 +21,7 @@ from ..output import human_size, parse_size, print_json, print_table
 from ..terminal import byte_progress, count_progress
 from . import hyperv
 from .common import EXIT_DAMAGED, EXIT_OK, json_option, no_lock_option, open_repository, repo_options, repo_path
-from .vsphere import endpoint_from, host_options, tls_options
+from .vsphere import check_made_by, endpoint_from, host_options, tls_options
 
 if TYPE_CHECKING:
     from vmkeep.hypervisors.platforms import PlatformKind
@@ -604,8 +604,7 @@ def verify_against_source(args: argparse.Namespace) -> int:
 
 def verify_against_vm(args: argparse.Namespace) -> int:
     """Compare a point with a VM's disks, read from a snapshot (checkpoint) taken for it and removed after."""
-    from vmkeep.hypervisors.exceptions import SourceError
-    from vmkeep.hypervisors.platforms import SessionOptions, login_and_open, platform_kind, platform_vm
+    from vmkeep.hypervisors.platforms import SessionOptions, login_and_open
 
     from ..engine.compare import compare_with_source
     from ..terminal import TerminalProgress
@@ -620,16 +619,7 @@ def verify_against_vm(args: argparse.Namespace) -> int:
     endpoint = endpoint_from(args, kind)  # a refused URL or TLS option fails before the repository is opened
     with open_repository(args) as repo, repo.read_lock("verify"):
         point = repo.find_point(args.point or f"latest:{args.against_vm}")
-        try:
-            made_by: PlatformKind | None = platform_kind(point.source.get("type"))
-        except SourceError:
-            made_by = None
-        if made_by != kind:
-            what = platform_vm(made_by) if made_by is not None else f"a source of type {point.source.get('type')!r}"
-            raise ConfigError(
-                f"point {point.short_id} was made from {what}, not {platform_vm(kind)}: {args.host_option} "
-                "cannot be its source"
-            )
+        check_made_by(point, kind, f"{args.host_option} cannot be its source")
         options = SessionOptions(quiesce=False)  # the disks as they are: nothing to make consistent
         with login_and_open(kind, endpoint, args.against_vm, options) as session:
             progress = TerminalProgress(quiet=args.json)

@@ -8,14 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmkeep.hypervisors.exceptions import SourceError
-from vmkeep.hypervisors.platforms import PlatformKind, RestoreTarget, platform_class, platform_kind, platform_vm
+from vmkeep.hypervisors.platforms import PlatformKind, RestoreTarget, platform_class
 
 from ..exceptions import ConfigError
 from ..output import human_size, print_json
 from . import hyperv
 from .common import EXIT_OK, json_option, no_lock_option, open_repository, parse_network_map, repo_options
-from .vsphere import endpoint_from, host_options, tls_options
+from .vsphere import check_made_by, endpoint_from, host_options, tls_options
 
 if TYPE_CHECKING:
     from vmkeep.repository.points import RecoveryPoint
@@ -131,16 +130,7 @@ def restore_to_host(args: argparse.Namespace) -> int:
     endpoint = endpoint_from(args, kind)  # a refused URL or TLS option fails before the repository is opened
     with open_repository(args) as repo, repo.read_lock("restore"):
         point = repo.find_point(args.point)
-        try:
-            made_by: PlatformKind | None = platform_kind(point.source.get("type"))
-        except SourceError:
-            made_by = None
-        if made_by != kind:
-            what = platform_vm(made_by) if made_by is not None else f"a source of type {point.source.get('type')!r}"
-            raise ConfigError(
-                f"point {point.short_id} was made from {what}, not {platform_vm(kind)}: "
-                f"{args.host_option} cannot restore it; restore it with --to-dir"
-            )
+        check_made_by(point, kind, f"{args.host_option} cannot restore it; restore it with --to-dir")
         if not point.hardware:
             raise ConfigError(
                 f"point {point.short_id} records no hardware to create a VM with; restore it with --to-dir"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmkeep.hypervisors.exceptions import NeedsAttention, SourceError
-from vmkeep.hypervisors.platforms import Endpoint, Platform, PlatformKind, platform_class
+from vmkeep.hypervisors.platforms import Endpoint, Platform, PlatformKind, platform_class, platform_kind, platform_vm
 
 from .. import secrets
 from ..engine.limits import CONCURRENCY, SNAPSHOTS_PER_DATASTORE, SNAPSHOTS_PER_HOST
@@ -26,6 +26,7 @@ from .backup import backup_options, positive
 from .common import EXIT_FAILURE, EXIT_OK, json_option, open_repository, repo_options
 
 if TYPE_CHECKING:
+    from vmkeep.repository.points import RecoveryPoint
     from vmkeep.repository.repo import Repository
 
     from ..engine.jobs import VmResult
@@ -120,6 +121,17 @@ def endpoint_from(args: argparse.Namespace, kind: PlatformKind) -> Endpoint:
     if kind is PlatformKind.HYPERV:
         endpoint = hyperv.hyperv_endpoint(args, endpoint)
     return endpoint
+
+
+def check_made_by(point: RecoveryPoint, kind: PlatformKind, why_not: str) -> None:
+    """ConfigError unless ``point`` was made from a VM of ``kind``; ``why_not`` ends the message."""
+    try:
+        made_by: PlatformKind | None = platform_kind(point.source.get("type"))
+    except SourceError:
+        made_by = None
+    if made_by != kind:
+        what = platform_vm(made_by) if made_by is not None else f"a source of type {point.source.get('type')!r}"
+        raise ConfigError(f"point {point.short_id} was made from {what}, not {platform_vm(kind)}: {why_not}")
 
 
 def connect(args: argparse.Namespace) -> Platform:
