@@ -32,7 +32,8 @@ PROG = "vmkeep"
 # --help, completion and the man page load them all. tests/agent/test_cli_startup.py checks
 # this table against what the modules register.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "repository": ("init", "points", "info", "forget", "gc", "verify", "unlock", "repair"),
+    "repository": ("init", "points", "info", "forget", "gc", "unlock", "repair"),
+    "verify": ("verify",),
     "backup": ("backup-image",),
     "vsphere": ("backup", "store-password", "vms"),
     "restore": ("restore",),
